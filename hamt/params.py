@@ -1,0 +1,456 @@
+"""``params.yaml``: the single source of truth for every stage, loaded into typed, strict sections.
+
+Layout of the file::
+
+    profile: tiny            # the active profile (overridable: --profile NAME)
+    profiles:                # named overlays, deep-merged over the base sections
+      tiny: {model: {preset: tiny}, train: {...}}
+      100m: {...}
+    data: {...}              # one mapping per section below
+    tokenizer: {...}
+    model: {preset: tiny}    # HAMTConfig fields (validated by hamt.config, which imports transformers)
+    train: {...}
+    ...
+
+Resolution order: dataclass defaults < base sections < ``profiles[profile]`` < ``--set a.b=value``.
+Unknown keys and wrong types are rejected with a ``ConfigError`` naming the key. This module imports
+no torch, so the CLI validates parameters before any heavy import.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hamt.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------------
+# Generic strict loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; allow only lossless coercions (int -> float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
+    name = prefix or cls.__name__
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(
+            f"unknown key '{key}'{_did_you_mean(unknown[0], known)}; valid keys: {', '.join(sorted(known))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections. Each field has a one-line docstring (the comment above it).
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataParams:
+    """Where the raw text comes from and where it goes (stage ``download``)."""
+
+    # "hub" (Hugging Face datasets) or "local" (a folder or a single text file)
+    source: typing.Literal["hub", "local"] = "hub"
+    # dataset name on the hub, e.g. wikitext-2-raw-v1 or wikitext-103-raw-v1
+    dataset: str = "wikitext-2-raw-v1"
+    # local folder or file; used when source is "local" (env HAMT_DATA_DIR overrides it)
+    local_path: str | None = None
+    # train/valid/test fractions used to split a single local text file
+    split_fractions: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
+    # output folder of the download stage
+    raw_dir: str = "data/raw"
+
+    def validate(self) -> None:
+        _require(len(self.split_fractions) == 3, "data.split_fractions: needs three numbers (train, valid, test)")
+        _require(all(f > 0 for f in self.split_fractions), "data.split_fractions: every fraction must be > 0")
+        _require(abs(sum(self.split_fractions) - 1) < 1e-6, "data.split_fractions: must sum to 1")
+
+
+@dataclass
+class TokenizerParams:
+    """How text becomes token ids (stage ``tokenize``)."""
+
+    # "bpe": a byte-level BPE trained on the train split; "gpt2": GPT-2's BPE (hub name or local folder)
+    kind: typing.Literal["bpe", "gpt2"] = "bpe"
+    # vocabulary size of the trained BPE (ignored for gpt2)
+    vocab_size: int = 4096
+    # hub name or local folder (vocab.json+merges.txt or tokenizer.json) for kind gpt2
+    name_or_path: str = "gpt2"
+    # output folder: memmapped token ids per split + meta.json + tokenizer.json
+    tokens_dir: str = "data/tokens"
+
+    def validate(self) -> None:
+        _require(self.vocab_size >= 260, "tokenizer.vocab_size: must be >= 260 (256 bytes + specials)")
+
+
+@dataclass
+class WandbParams:
+    """Weights & Biases logging (optional; never blocks)."""
+
+    # disabled | offline | online
+    mode: typing.Literal["disabled", "offline", "online"] = "disabled"
+    # W&B project name
+    project: str = "hamt"
+    # run name; None lets W&B choose
+    name: str | None = None
+
+
+@dataclass
+class TrainParams:
+    """Optimisation and runtime (stage ``train``)."""
+
+    # checkpoint folder
+    out_dir: str = "checkpoints"
+    # metrics/series folder
+    results_dir: str = "results/train"
+    # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
+    device: str = "auto"
+    # fp32 | bf16 | fp16 (autocast; fp16 uses a GradScaler)
+    precision: typing.Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.compile the model (falls back to eager with a warning)
+    compile: bool = False
+    # sequences per optimiser step (effective batch, across accumulation and ranks)
+    batch_size: int = 16
+    # sequences per forward pass; batch_size must be a multiple of micro_batch_size x world size
+    micro_batch_size: int = 16
+    # training context length in tokens
+    seq_len: int = 128
+    # optimiser steps
+    max_steps: int = 200
+    # peak learning rate
+    lr: float = 3e-3
+    # final learning rate of the cosine schedule
+    min_lr: float = 3e-4
+    # linear warm-up steps
+    warmup_steps: int = 20
+    # AdamW weight decay (not applied to norms, biases and gates)
+    weight_decay: float = 0.1
+    # AdamW betas
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    # gradient-norm clipping; 0 disables
+    grad_clip: float = 1.0
+    # evaluate every N steps (and at the end)
+    eval_every: int = 50
+    # validation batches per evaluation
+    eval_batches: int = 8
+    # checkpoint every N steps (and at the end)
+    ckpt_every: int = 100
+    # log every N steps
+    log_every: int = 10
+    # recompute activations in the backward pass
+    gradient_checkpointing: bool = False
+    # random seed
+    seed: int = 1337
+    # Weights & Biases
+    wandb: WandbParams = field(default_factory=WandbParams)
+
+    def validate(self) -> None:
+        for k in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_every", "ckpt_every", "log_every"):
+            _require(getattr(self, k) >= 1, f"train.{k}: must be >= 1, got {getattr(self, k)}")
+        _require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
+        _require(0 <= self.min_lr <= self.lr, f"train.min_lr: must be in [0, lr], got {self.min_lr}")
+        _require(self.warmup_steps >= 0, "train.warmup_steps: must be >= 0")
+        _require(self.weight_decay >= 0, "train.weight_decay: must be >= 0")
+        _require(self.grad_clip >= 0, "train.grad_clip: must be >= 0 (0 disables)")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas: two numbers in [0, 1)")
+        _require(
+            self.batch_size % self.micro_batch_size == 0,
+            f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({self.micro_batch_size})",
+        )
+
+
+@dataclass
+class FallbackParams:
+    """The automatic fallback ladder (OOM, divergence) and the flow's model-size fallback."""
+
+    # walk the ladder on OOM / divergence
+    enabled: bool = True
+    # smallest micro-batch before moving to the next rung
+    min_micro_batch_size: int = 1
+    # shortest sequence length the ladder may fall back to
+    min_seq_len: int = 64
+    # roll-backs allowed on NaN/inf loss before giving up
+    max_divergence_retries: int = 3
+    # learning-rate multiplier applied at each roll-back
+    lr_factor: float = 0.5
+    # the flow trains this profile first ...
+    primary_profile: str = "tiny"
+    # ... and this one if the primary fails
+    fallback_profile: str = "micro"
+
+    def validate(self) -> None:
+        _require(self.min_micro_batch_size >= 1, "fallback.min_micro_batch_size: must be >= 1")
+        _require(self.min_seq_len >= 1, "fallback.min_seq_len: must be >= 1")
+        _require(self.max_divergence_retries >= 0, "fallback.max_divergence_retries: must be >= 0")
+        _require(0 < self.lr_factor < 1, "fallback.lr_factor: must be in (0, 1)")
+
+
+@dataclass
+class ValidateParams:
+    """The small-model sanity run before the expensive one (stage ``validate_small``)."""
+
+    # training steps of the small model
+    steps: int = 60
+    # the loss must fall by at least this fraction of its first value
+    min_loss_drop: float = 0.2
+    # output folder
+    out_dir: str = "results/validate"
+
+
+@dataclass
+class CompareParams:
+    """Baselines and evaluation settings (stage ``compare``)."""
+
+    # baseline names from the registry in hamt.compare
+    baselines: list[str] = field(default_factory=lambda: ["gpt2-scratch", "gpt2", "distilgpt2"])
+    # evaluation context for sliding-window perplexity
+    eval_context: int = 128
+    # stride of the sliding window (<= eval_context)
+    eval_stride: int = 64
+    # cap on evaluated tokens (0 = whole split)
+    eval_max_tokens: int = 0
+    # output folder
+    out_dir: str = "results/compare"
+
+    def validate(self) -> None:
+        _require(self.eval_context >= 2, "compare.eval_context: must be >= 2")
+        _require(1 <= self.eval_stride <= self.eval_context, "compare.eval_stride: must be in [1, eval_context]")
+
+
+@dataclass
+class ReportParams:
+    """The report (stage ``report``)."""
+
+    # output folder of report.md / report.html / plots
+    out_dir: str = "results"
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "tokenizer": TokenizerParams,
+    "train": TrainParams,
+    "fallback": FallbackParams,
+    "validate": ValidateParams,
+    "compare": CompareParams,
+    "report": ReportParams,
+}
+
+
+@dataclass
+class Params:
+    """All resolved sections. ``model`` stays a mapping: ``model_config()`` validates it."""
+
+    profile: str
+    data: DataParams
+    tokenizer: TokenizerParams
+    model: dict
+    train: TrainParams
+    fallback: FallbackParams
+    validate: ValidateParams
+    compare: CompareParams
+    report: ReportParams
+    source: str = "<defaults>"
+
+    def model_config(self, **overrides: Any):
+        """The ``HAMTConfig`` this profile describes (imports transformers)."""
+        from hamt.config import HAMTConfig
+
+        return HAMTConfig.from_params({**self.model, **overrides})
+
+    def to_dict(self) -> dict:
+        d = {"profile": self.profile, "model": dict(self.model)}
+        for name in SECTIONS:
+            d[name] = to_dict(getattr(self, name))
+        return d
+
+
+# --------------------------------------------------------------------------------------------------
+# File + profile + overrides
+# --------------------------------------------------------------------------------------------------
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set train.lr=1e-3")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if len(parts) < 2:
+        raise ConfigError(f"--set {text!r}: the key needs a section, e.g. train.{key.strip() or 'lr'}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-3 as a string; numbers in scientific notation are meant as floats.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return parts, value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file {path} not found; pass --params PATH or run from the project root")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: not valid YAML ({first})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def resolve(raw: dict, profile: str | None = None, overrides: typing.Sequence[str] = (), source: str = "") -> Params:
+    """Apply the profile and ``--set`` overrides to a raw parameter mapping and validate it."""
+    raw = copy.deepcopy(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError("profiles: expected a mapping of profile names to overlays")
+    name = profile or raw.pop("profile", None) or "tiny"
+    raw.pop("profile", None)
+    allowed = set(SECTIONS) | {"model"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"unknown section '{key}'{_did_you_mean(key, allowed)}; valid: {', '.join(sorted(allowed))}")
+    if name not in profiles and profiles:
+        raise ConfigError(f"unknown profile '{name}'{_did_you_mean(name, profiles)}; available: {', '.join(profiles)}")
+    merged = deep_merge(raw, profiles.get(name) or {})
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts[0] not in allowed:
+            raise ConfigError(f"--set {text}: unknown section '{parts[0]}'; valid: {', '.join(sorted(allowed))}")
+        node = merged.setdefault(parts[0], {})
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: '{p}' is not a section")
+        node[parts[-1]] = value
+    sections = {k: from_dict(cls, merged.get(k), k) for k, cls in SECTIONS.items()}
+    model = merged.get("model") or {}
+    if not isinstance(model, dict):
+        raise ConfigError("model: expected a mapping (preset: NAME plus field overrides)")
+    return Params(profile=name, model=dict(model), source=source, **sections)
+
+
+def load_params(
+    path: str | Path = "params.yaml",
+    profile: str | None = None,
+    overrides: typing.Sequence[str] = (),
+    validate_model: bool = True,
+) -> Params:
+    """Load ``params.yaml``, apply profile and overrides, validate every section (model included)."""
+    params = resolve(read_yaml(path), profile, overrides, source=str(path))
+    if validate_model:
+        params.model_config()
+    return params
+
+
+def profile_names(path: str | Path = "params.yaml") -> list[str]:
+    return list((read_yaml(path).get("profiles") or {}).keys())
