@@ -1,0 +1,180 @@
+"""The HAMT block: RMSNorm, a causal short convolution, the holographic memory mixer and an MLP.
+
+Plain ``nn.Module``s with no Hugging Face dependency; ``hamt.model`` wraps them. Each layer's
+recurrent state is a ``LayerState`` (memory + convolution tail), constant in size whatever the
+context length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hamt.config import HAMTConfig
+from hamt.memory import memory_scan, memory_step, slot_permutations, unitary
+
+
+@dataclass
+class LayerState:
+    """Recurrent state of one layer: memory (B, H, S, F) complex and the conv tail (B, d, k-1)."""
+
+    memory: torch.Tensor
+    conv: torch.Tensor | None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.memory, self.conv) if t is not None]
+
+
+@dataclass
+class MixerStats:
+    """Per-layer diagnostics: fidelity (0-dim) and mean write weight per slot (S,)."""
+
+    fidelity: torch.Tensor
+    slot_usage: torch.Tensor
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+class CausalConv(nn.Module):
+    """Depthwise causal convolution of width k over time, then SiLU; carries a (B, d, k-1) tail."""
+
+    def __init__(self, dim: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(dim, dim, kernel, groups=dim, bias=True)
+
+    def forward(self, x: torch.Tensor, tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, d = x.shape
+        xt = x.transpose(1, 2)  # (B, d, T)
+        if tail is None:
+            tail = xt.new_zeros(B, d, self.kernel - 1)
+        xt = torch.cat([tail.to(xt.dtype), xt], dim=-1)  # (B, d, k-1+T)
+        new_tail = xt[:, :, -(self.kernel - 1):] if self.kernel > 1 else xt[:, :, :0]
+        y = F.silu(self.conv(xt)).transpose(1, 2)  # (B, T, d)
+        return y, new_tail
+
+
+class HolographicMemory(nn.Module):
+    """Token mixer: bind keys to values in S permuted Fourier slots, decay with a forget gate, unbind with queries."""
+
+    def __init__(self, config: HAMTConfig, layer_idx: int = 0):
+        super().__init__()
+        self.config = config
+        d, D = config.hidden_dim, config.hcm_dim
+        H, S = config.num_attention_heads, config.num_slots
+        self.H, self.S, self.P, self.F = H, S, config.head_dim, config.num_freqs
+        self.conv = CausalConv(d, config.conv_kernel) if config.conv_kernel > 0 else None
+        self.kqv = nn.Linear(d, 3 * D, bias=False)
+        # forget logits (H) + write-address logits (H*S) + read-address logits (H*S), one fused matmul
+        self.gates = nn.Linear(d, H + 2 * H * S, bias=False) if config.use_gating else None
+        # Bias of the forget gate: heads span horizons from 2 tokens to the whole context (multi-scale).
+        self.forget_bias = nn.Parameter(self._multiscale_bias(), requires_grad=config.use_gating)
+        self.out_gate = nn.Linear(d, D, bias=False)
+        self.out_norm = nn.Parameter(torch.ones(D))  # per-head RMSNorm weight
+        self.out_proj = nn.Linear(D, d, bias=False)
+        self.register_buffer("perm", slot_permutations(S, self.F, config.slot_perm_seed + layer_idx), persistent=True)
+
+    def _multiscale_bias(self) -> torch.Tensor:
+        H, ctx = self.config.num_attention_heads, self.config.max_position_embeddings
+        horizons = torch.logspace(math.log10(2.0), math.log10(max(ctx, 3)), H)  # tau_h, tokens
+        return torch.log(horizons - 1.0)  # logit(1 - 1/tau): f = sigmoid(bias) = 1 - 1/tau
+
+    def reset_parameters_hamt(self) -> None:
+        with torch.no_grad():
+            self.forget_bias.copy_(self._multiscale_bias())
+            self.out_norm.fill_(1.0)
+
+    # ------------------------------------------------------------------------------------------
+    def _gates(self, u: torch.Tensor):
+        """log forget (B,T,H), write weights w (B,T,H,S), read weights b (B,T,H,S), write address a."""
+        B, T, _ = u.shape
+        H, S = self.H, self.S
+        if self.gates is not None:
+            g = self.gates(u).float()
+            f_logit, a_logit, b_logit = g.split([H, H * S, H * S], dim=-1)
+            log_f = F.logsigmoid(f_logit + self.forget_bias.float())  # (B, T, H)
+            a = a_logit.view(B, T, H, S).softmax(-1)
+            b = b_logit.view(B, T, H, S).softmax(-1)
+        else:
+            log_f = F.logsigmoid(self.forget_bias.float()).expand(B, T, H)
+            a = u.new_full((B, T, H, S), 1.0 / S, dtype=torch.float32)
+            b = a
+        w = -torch.expm1(log_f)[..., None] * a  # (1 - f) * a
+        return log_f, w, b, a
+
+    def forward(
+        self, x: torch.Tensor, state: LayerState | None = None, want_stats: bool = False
+    ) -> tuple[torch.Tensor, LayerState, MixerStats | None]:
+        B, T, _ = x.shape
+        H, P = self.H, self.P
+        conv_tail = None
+        u = x
+        if self.conv is not None:
+            u, conv_tail = self.conv(x, None if state is None else state.conv)
+        k, q, v = self.kqv(u).float().view(B, T, 3, H, P).unbind(2)  # each (B, T, H, P), fp32 for the FFT
+        K = unitary(torch.fft.rfft(k), self.config.norm_eps)  # (B, T, H, F)
+        Q = unitary(torch.fft.rfft(q), self.config.norm_eps)
+        V = torch.fft.rfft(v)
+        log_f, w, b, a = self._gates(u)
+        c = a if want_stats else None
+        mem0 = None if state is None else state.memory
+        if T == 1 and mem0 is not None and not torch.is_grad_enabled():
+            r, uu, mem = memory_step(Q[:, 0], K[:, 0], V[:, 0], log_f[:, 0], w[:, 0], b[:, 0], self.perm, mem0,
+                                     None if c is None else c[:, 0])
+            r, uu = r[:, None], (None if uu is None else uu[:, None])
+        else:
+            r, uu, mem = memory_scan(Q, K, V, log_f, w, b, self.perm, mem0, c,
+                                     mode=self.config.memory_mode, chunk_size=self.config.chunk_size)
+        y = torch.fft.irfft(r, n=P)  # (B, T, H, P)
+        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.config.norm_eps)  # per-head RMS norm
+        y = y.reshape(B, T, H * P) * self.out_norm.float()
+        y = y.to(x.dtype) * F.silu(self.out_gate(x))
+        out = self.out_proj(y)
+        stats = None
+        if want_stats:
+            recalled = torch.fft.irfft(uu, n=P)  # (B, T, H, P) what the key unbinds right after the write
+            fid = F.cosine_similarity(recalled, v, dim=-1, eps=1e-6).mean()
+            stats = MixerStats(fidelity=fid, slot_usage=a.mean(dim=(0, 1, 2)))
+        return out, LayerState(mem, conv_tail), stats
+
+
+class MLP(nn.Module):
+    def __init__(self, config: HAMTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.hidden_dim, config.mlp_dim, bias=False)
+        self.proj = nn.Linear(config.mlp_dim, config.hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class HAMTBlock(nn.Module):
+    """Pre-norm residual block: x + Drop(Memory(Norm(x))), then x + Drop(MLP(Norm(x)))."""
+
+    def __init__(self, config: HAMTConfig, layer_idx: int):
+        super().__init__()
+        self.norm1 = RMSNorm(config.hidden_dim, config.norm_eps)
+        self.mixer = HolographicMemory(config, layer_idx)
+        self.norm2 = RMSNorm(config.hidden_dim, config.norm_eps)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, state: LayerState | None = None, want_stats: bool = False):
+        h, new_state, stats = self.mixer(self.norm1(x), state, want_stats)
+        x = x + self.drop(h)
+        x = x + self.drop(self.mlp(self.norm2(x)))
+        return x, new_state, stats

@@ -1,0 +1,136 @@
+"""The holographic memory: chunked path vs the reference loop (outputs, states, gradients), and the
+holographic property itself (exact unbinding, crosstalk that grows with pairs and shrinks with slots)."""
+
+import pytest
+import torch
+
+from hamt.memory import memory_chunked, memory_reference, memory_scan, memory_step, slot_permutations, unitary
+
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=2e-5)}
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def make_inputs(B, T, H, S, F, dtype, gated=True, seed=0, with_state=True):
+    g = torch.Generator().manual_seed(seed)
+    cd = torch.complex128 if dtype == torch.float64 else torch.complex64
+
+    def c(*shape):
+        return torch.complex(torch.randn(*shape, generator=g, dtype=dtype), torch.randn(*shape, generator=g, dtype=dtype)).to(cd)
+
+    q, k, v = unitary(c(B, T, H, F)), unitary(c(B, T, H, F)), c(B, T, H, F)
+    if gated:
+        log_f = torch.nn.functional.logsigmoid(torch.randn(B, T, H, generator=g, dtype=dtype) + 2)
+        a = torch.randn(B, T, H, S, generator=g, dtype=dtype).softmax(-1)
+        b = torch.randn(B, T, H, S, generator=g, dtype=dtype).softmax(-1)
+    else:  # fixed per-head decay, uniform slots
+        log_f = torch.nn.functional.logsigmoid(torch.linspace(0, 4, H, dtype=dtype)).expand(B, T, H).clone()
+        a = torch.full((B, T, H, S), 1.0 / S, dtype=dtype)
+        b = a.clone()
+    w = (1 - log_f.exp())[..., None] * a
+    state = c(B, H, S, F) if with_state else None
+    return q, k, v, log_f, w, b, slot_permutations(S, F, seed), state, a
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,chunk", [(1, 8), (7, 8), (16, 8), (37, 8), (50, 16)])
+@pytest.mark.parametrize("gated", [True, False])
+def test_chunked_matches_reference_forward(dtype, T, chunk, gated):
+    q, k, v, log_f, w, b, perm, state, a = make_inputs(2, T, 3, 4, 9, dtype, gated)
+    r1, u1, s1 = memory_reference(q, k, v, log_f, w, b, perm, state, a)
+    r2, u2, s2 = memory_chunked(q, k, v, log_f, w, b, perm, state, a, chunk_size=chunk)
+    for x, y in ((r2, r1), (u2, u1), (s2, s1)):
+        torch.testing.assert_close(x, y, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,chunk,S", [(13, 4, 3), (24, 8, 1)])
+def test_chunked_matches_reference_gradients(dtype, T, chunk, S):
+    inputs = make_inputs(2, T, 2, S, 5, dtype)
+    names = ["q", "k", "v", "log_f", "w", "b", "state", "c"]
+    q, k, v, log_f, w, b, perm, state, a = inputs
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, log_f, w, b, state, a)]
+    grads = []
+    for fn in (memory_reference, lambda *x: memory_chunked(*x, chunk_size=chunk)):
+        for t in leaves:
+            t.grad = None
+        q_, k_, v_, lf_, w_, b_, st_, c_ = leaves
+        r, u, s = fn(q_, k_, v_, lf_, w_, b_, perm, st_, c_)
+        g = torch.Generator().manual_seed(1)
+        # a real scalar loss touching every output (complex outputs: use real and imaginary parts)
+        loss = sum((torch.view_as_real(x) * torch.randn(torch.view_as_real(x).shape, generator=g, dtype=dtype)).sum()
+                   for x in (r, u, s))
+        loss.backward()
+        grads.append([t.grad.clone() for t in leaves])
+    for name, g_ref, g_chk in zip(names, *grads):
+        assert rel_err(g_chk, g_ref) < (1e-9 if dtype == torch.float64 else 1e-4), name
+
+
+def test_float64_gradcheck_of_chunked_path():
+    q, k, v, log_f, w, b, perm, state, a = make_inputs(1, 6, 1, 2, 3, torch.float64)
+    def f(v_, log_f_, w_):
+        r, _, s = memory_chunked(q, k, v_, log_f_, w_, b, perm, state, None, chunk_size=4)
+        return torch.view_as_real(r), torch.view_as_real(s)
+    assert torch.autograd.gradcheck(f, (v.requires_grad_(), log_f.requires_grad_(), w.requires_grad_()))
+
+
+def test_state_carries_across_segments():
+    """Running [0, T) in two segments with the state handed over equals one pass."""
+    q, k, v, log_f, w, b, perm, state, a = make_inputs(2, 30, 2, 3, 7, torch.float64)
+    r, _, s = memory_scan(q, k, v, log_f, w, b, perm, state, mode="chunk", chunk_size=8)
+    r1, _, s1 = memory_scan(q[:, :11], k[:, :11], v[:, :11], log_f[:, :11], w[:, :11], b[:, :11], perm, state,
+                            mode="chunk", chunk_size=8)
+    r2, _, s2 = memory_scan(q[:, 11:], k[:, 11:], v[:, 11:], log_f[:, 11:], w[:, 11:], b[:, 11:], perm, s1,
+                            mode="reference")
+    torch.testing.assert_close(torch.cat([r1, r2], 1), r)
+    torch.testing.assert_close(s2, s)
+
+
+def test_step_is_the_reference_body():
+    q, k, v, log_f, w, b, perm, state, a = make_inputs(2, 1, 2, 3, 7, torch.float64)
+    r, u, s = memory_step(q[:, 0], k[:, 0], v[:, 0], log_f[:, 0], w[:, 0], b[:, 0], perm, state, a[:, 0])
+    r2, u2, s2 = memory_reference(q, k, v, log_f, w, b, perm, state, a)
+    torch.testing.assert_close(r, r2[:, 0])
+    torch.testing.assert_close(s, s2)
+
+
+def test_permutations_are_fixed_and_valid():
+    p = slot_permutations(5, 11, seed=3)
+    assert torch.equal(p, slot_permutations(5, 11, seed=3))
+    assert torch.equal(p[0], torch.arange(11))
+    assert all(torch.equal(row.sort().values, torch.arange(11)) for row in p)
+    assert not torch.equal(p[1], p[2])
+
+
+# --- the holographic property ------------------------------------------------------------------
+
+def _bind_recall(n_pairs, slots, F=65, trials=64, seed=0):
+    """Write n_pairs unitary-key/value pairs (no decay, uniform slots), read every key back: mean cosine."""
+    g = torch.Generator().manual_seed(seed)
+    P = 2 * (F - 1)
+    keys = unitary(torch.fft.rfft(torch.randn(trials, n_pairs, 1, P, generator=g, dtype=torch.float64)), eps=1e-300)
+    vals = torch.randn(trials, n_pairs, 1, P, generator=g, dtype=torch.float64)
+    V = torch.fft.rfft(vals)
+    log_f = torch.zeros(trials, n_pairs, 1, dtype=torch.float64)  # f = 1: no forgetting
+    w = torch.full((trials, n_pairs, 1, slots), 1.0 / slots, dtype=torch.float64)  # uniform write
+    perm = slot_permutations(slots, F, seed=seed)
+    _, _, M = memory_reference(keys, keys, V, log_f, w, w, perm)
+    # unbind each key from the final memory with uniform read weights (times S to undo the 1/S write)
+    kp = keys[..., perm]  # (trials, n, 1, S, F)
+    R = (kp.conj() * M[:, None]).sum(-2) * (1.0 / slots) * slots
+    rec = torch.fft.irfft(R, n=P)
+    return torch.nn.functional.cosine_similarity(rec, vals, dim=-1).mean().item()
+
+
+def test_one_pair_unbinds_exactly():
+    assert _bind_recall(1, 1) == pytest.approx(1.0, abs=1e-12)
+    assert _bind_recall(1, 4) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_recall_falls_with_pairs_and_rises_with_slots():
+    by_pairs = [_bind_recall(n, 1) for n in (2, 8, 32)]
+    assert by_pairs[0] > by_pairs[1] > by_pairs[2]
+    by_slots = [_bind_recall(16, s) for s in (1, 4, 16)]
+    assert by_slots[0] < by_slots[1] < by_slots[2]
