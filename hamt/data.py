@@ -1,0 +1,543 @@
+"""Raw text in, token windows out: the ``download`` stage and the loaders over tokenized splits.
+
+``download(params)`` writes ``params.data.raw_dir/{train,valid,test}.txt`` and ``manifest.json``
+(bytes, lines, words and sha256 per split, and where the text came from). The text comes from the
+Hugging Face hub (``Salesforce/wikitext``, config ``params.data.dataset``) or from a local folder or
+file (``data.source: local`` + ``data.local_path``, or the environment variable ``HAMT_DATA_DIR``,
+which wins). A local source that lacks some splits is cut by line into contiguous parts
+(``data.split_fractions``), so WikiText-2's valid file or Tiny Shakespeare alone can serve offline.
+
+The loaders read what ``hamt tokenize`` wrote (``hamt/tokenize.py``): ``read_meta`` / ``load_split``
+check the memmapped ids against ``meta.json`` before use, ``RandomWindows`` draws training batches
+that are a pure function of (seed, step), so a resumed run sees exactly the batches an uninterrupted
+one would, and ``sequential_windows`` walks a split for sliding-window perplexity.
+
+This module imports numpy only; torch and datasets are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from hamt.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+HUB_REPO = "Salesforce/wikitext"
+HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+# Seconds to wait for the hub before declaring it unreachable (datasets itself retries for minutes).
+HUB_PROBE_TIMEOUT_S = 5.0
+MANIFEST = "manifest.json"
+META = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+# Accepted local folder layouts, split -> file name. The layout with most files present wins.
+LOCAL_LAYOUTS: tuple[dict[str, str], ...] = (
+    {"train": "wiki.train.raw", "valid": "wiki.valid.raw", "test": "wiki.test.raw"},
+    {"train": "train.txt", "valid": "validation.txt", "test": "test.txt"},
+    {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"},
+)
+
+# Published identities of well-known files, so the manifest says when a split is the real thing.
+KNOWN_SHA256 = {
+    "6707892fa3788b5ab9ed78ab5ff37d9fe825f6011a2ad4fcd6a6d467f0e7da57": "WikiText-2 raw train (wiki.train.raw)",
+    "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7": "WikiText-2/-103 raw valid (wiki.valid.raw)",
+    "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08": "WikiText-2/-103 raw test (wiki.test.raw)",
+    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed": "Tiny Shakespeare (input.txt)",
+}
+
+_OFFLINE_FIX = "--set data.source=local --set data.local_path=DIR or HAMT_DATA_DIR=DIR"
+
+
+# --------------------------------------------------------------------------------------------------
+# Small file helpers (shared with hamt.tokenize)
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a fresh temp folder beside ``final``; on success it replaces ``final`` in one rename.
+
+    A failed run removes the temp folder and leaves any previous ``final`` untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder should not be
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline_setting() -> str | None:
+    """The environment variable that puts the Hugging Face hub offline, if one is set."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _env_true(name):
+            return name
+    return None
+
+
+def probe_hub(path: str = f"api/datasets/{HUB_REPO}", timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """None if the hub answers within ``timeout`` seconds, else the reason it does not.
+
+    Any HTTP answer (even 401/404) means reachable; urllib honours the usual proxy variables.
+    """
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    req = urllib.request.Request(f"{endpoint}/{path}", method="HEAD")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        return f"{endpoint} unreachable ({reason})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Split statistics
+# --------------------------------------------------------------------------------------------------
+
+
+class _SplitWriter:
+    """Write one split's bytes while counting lines, words and hashing (stats match the file exactly)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = open(path, "wb")
+        self.sha = hashlib.sha256()
+        self.bytes = self.lines = self.words = 0
+
+    def write_line(self, raw: bytes, text: str) -> None:
+        self.f.write(raw)
+        self.sha.update(raw)
+        self.bytes += len(raw)
+        self.lines += 1
+        self.words += len(text.split())
+
+    def close(self, origin: str) -> dict:
+        self.f.close()
+        sha = self.sha.hexdigest()
+        if self.words == 0:
+            raise DataError(f"split '{self.path.stem}' ({origin}) is empty; give more text or other data.split_fractions")
+        stats = {"bytes": self.bytes, "lines": self.lines, "words": self.words, "sha256": sha, "origin": origin}
+        if sha in KNOWN_SHA256:
+            stats["identified_as"] = KNOWN_SHA256[sha]
+        return stats
+
+
+def _iter_lines(path: Path) -> Iterator[tuple[bytes, str]]:
+    """(raw bytes, decoded text) per line; exact bytes (no newline translation), strict UTF-8."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                yield raw, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}: line {i} is not valid UTF-8 ({e.reason} at byte {e.start}); convert the file to UTF-8"
+                ) from None
+
+
+def _check_nonempty(path: Path) -> int:
+    """Number of lines of a readable, non-empty UTF-8 file (DataError otherwise)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check data.local_path / HAMT_DATA_DIR")
+    n = words = 0
+    for _raw, text in _iter_lines(path):
+        n += 1
+        words += bool(text.strip())
+    if words == 0:
+        raise DataError(f"{path}: file is empty (no text); point data.local_path at a file with text")
+    return n
+
+
+# --------------------------------------------------------------------------------------------------
+# Local sources
+# --------------------------------------------------------------------------------------------------
+
+
+def _find_local(path: Path) -> tuple[dict[str, Path], str]:
+    """Map split -> file for a local folder or file, and a description of the layout found."""
+    if path.is_file():
+        return {}, "single file"
+    if not path.is_dir():
+        raise DataError(f"local data path {path} does not exist; set data.local_path (or HAMT_DATA_DIR) to a folder or file")
+    best: dict[str, Path] = {}
+    for layout in LOCAL_LAYOUTS:
+        found = {s: path / name for s, name in layout.items() if (path / name).is_file()}
+        if len(found) > len(best):
+            best = found
+    if best:
+        return best, "folder: " + ", ".join(p.name for p in best.values())
+    files = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".") and p.suffix in (".txt", ".raw")]
+    if len(files) == 1:
+        return {"__single__": files[0]}, f"folder with one text file: {files[0].name}"
+    names = "wiki.{train,valid,test}.raw, {train,validation,test}.txt, {train,valid,test}.txt or one .txt file"
+    raise DataError(f"{path}: no recognised text files (expected {names})")
+
+
+def _carve_bounds(n_lines: int, fractions: list[float]) -> list[int]:
+    """Contiguous cut points (by line) giving each part its share, at least one line each."""
+    total = sum(fractions)
+    bounds, acc = [0], 0.0
+    for i, f in enumerate(fractions[:-1]):
+        acc += f / total
+        remaining = len(fractions) - 1 - i  # parts still to come after this one
+        b = min(max(round(n_lines * acc), bounds[-1] + 1), n_lines - remaining)
+        bounds.append(b)
+    bounds.append(n_lines)
+    return bounds
+
+
+def _write_local(path: Path, fractions: list[float], out: Path) -> tuple[dict, dict]:
+    """Copy or carve the local splits into ``out``; return (per-split stats, source description)."""
+    found, layout = _find_local(path)
+    single = found.pop("__single__", path if path.is_file() else None)
+    if single is not None:
+        found = {}
+    # The donor is the first present split (or the single file); missing splits are carved from it.
+    donor_split = next((s for s in SPLITS if s in found), None)
+    donor = found[donor_split] if donor_split else single
+    carved = [s for s in SPLITS if s not in found or s == donor_split]
+    stats: dict[str, dict] = {}
+    for split, file in found.items():
+        if split == donor_split and len(carved) > 1:
+            continue
+        _check_nonempty(file)
+        w = _SplitWriter(out / f"{split}.txt")
+        try:
+            for raw, text in _iter_lines(file):
+                w.write_line(raw, text)
+        finally:
+            w.f.close()
+        stats[split] = w.close(f"{file.name}")
+    if len(carved) > 1 or single is not None:
+        n = _check_nonempty(donor)
+        if n < len(carved):
+            raise DataError(f"{donor}: {n} line(s) cannot be split into {len(carved)} parts; give a longer file")
+        bounds = _carve_bounds(n, [fractions[SPLITS.index(s)] for s in carved])
+        stats.update(_carve(donor, carved, bounds, out))
+    source = {"kind": "local", "path": str(path), "layout": layout}
+    if len(carved) > 1:
+        source["carved"] = {"from": donor.name, "splits": carved, "fractions": fractions}
+    return {s: stats[s] for s in SPLITS}, source
+
+
+def _carve(donor: Path, splits: list[str], bounds: list[int], out: Path) -> dict[str, dict]:
+    stats = {}
+    lines = _iter_lines(donor)
+    for k, split in enumerate(splits):
+        lo, hi = bounds[k], bounds[k + 1]
+        w = _SplitWriter(out / f"{split}.txt")
+        try:
+            for _ in range(hi - lo):
+                raw, text = next(lines)
+                w.write_line(raw, text)
+        finally:
+            w.f.close()
+        stats[split] = w.close(f"{donor.name} lines {lo + 1}-{hi} of {bounds[-1]}")
+    return stats
+
+
+# --------------------------------------------------------------------------------------------------
+# Hub source
+# --------------------------------------------------------------------------------------------------
+
+
+def _offline_error(dataset: str, why: str) -> DataError:
+    return DataError(f"cannot download {HUB_REPO} ({dataset}): {why}; use a local copy: {_OFFLINE_FIX}")
+
+
+def _load_hub(dataset: str):
+    """``datasets.load_dataset`` with a fast, one-line failure when the hub cannot be reached."""
+    offline = hub_offline_setting()
+    if offline is None:
+        why = probe_hub()
+        if why is not None:
+            raise _offline_error(dataset, f"{why} (with a cached copy, set HF_DATASETS_OFFLINE=1)")
+    import datasets  # heavy: imported only on this path
+
+    try:
+        return datasets.load_dataset(HUB_REPO, dataset)
+    except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if offline is not None:
+            raise _offline_error(dataset, f"the hub is offline ({offline}=1) and no cached copy was found ({detail})") from e
+        raise _offline_error(dataset, detail) from e
+
+
+def _hub_rows_to_lines(rows) -> Iterator[str]:
+    """WikiText rows are the lines of the original files; blank lines (" \\n") come back as ""."""
+    for row in rows:
+        if not row:
+            yield " \n"
+        else:
+            yield row if row.endswith("\n") else row + "\n"
+
+
+def _write_hub(dataset: str, out: Path) -> tuple[dict, dict]:
+    ds = _load_hub(dataset)
+    stats = {}
+    for split, hub_split in HUB_SPLITS.items():
+        if hub_split not in ds:
+            raise DataError(f"{HUB_REPO} ({dataset}) has no '{hub_split}' split; use a WikiText config")
+        w = _SplitWriter(out / f"{split}.txt")
+        try:
+            for text in _hub_rows_to_lines(ds[hub_split]["text"]):
+                w.write_line(text.encode("utf-8"), text)
+        finally:
+            w.f.close()
+        stats[split] = w.close(f"{HUB_REPO}/{dataset}:{hub_split}")
+    return stats, {"kind": "hub", "repo": HUB_REPO, "dataset": dataset}
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_source(params) -> tuple[str, Path | None, str]:
+    """(source, local path, how it was chosen): ``HAMT_DATA_DIR`` overrides params and implies local."""
+    env = os.environ.get("HAMT_DATA_DIR", "").strip()
+    if env:
+        return "local", Path(env).expanduser(), "HAMT_DATA_DIR"
+    d = params.data
+    if d.source == "local":
+        if not d.local_path:
+            raise DataError(f"data.source is 'local' but data.local_path is not set; {_OFFLINE_FIX}")
+        return "local", Path(d.local_path).expanduser(), "data.local_path"
+    return "hub", None, "data.source"
+
+
+def download(params) -> dict:
+    """Fetch the raw splits into ``params.data.raw_dir`` and return the manifest written beside them."""
+    source, local, chosen_by = resolve_source(params)
+    raw_dir = Path(params.data.raw_dir)
+    with atomic_dir(raw_dir) as tmp:
+        if source == "local":
+            splits, desc = _write_local(local, list(params.data.split_fractions), tmp)
+            desc["chosen_by"] = chosen_by
+        else:
+            splits, desc = _write_hub(params.data.dataset, tmp)
+        manifest = {"source": desc, "splits": splits}
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(raw_dir: str | Path) -> dict:
+    path = Path(raw_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"no {MANIFEST} in {raw_dir}; run `hamt download` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def cli_download(params, args) -> int:
+    manifest = download(params)
+    src = manifest["source"]
+    where = f"{src['repo']} ({src['dataset']})" if src["kind"] == "hub" else f"{src['path']} [{src['layout']}]"
+    print(f"downloaded {where} -> {params.data.raw_dir}")
+    for split, s in manifest["splits"].items():
+        known = f"  = {s['identified_as']}" if "identified_as" in s else ""
+        print(f"  {split:5s} {s['bytes']:>12,} bytes {s['lines']:>9,} lines {s['words']:>11,} words  {s['origin']}{known}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenized splits: metadata checks
+# --------------------------------------------------------------------------------------------------
+
+
+def read_meta(tokens_dir: str | Path) -> dict:
+    """``meta.json`` written by ``hamt tokenize`` (DataError if missing or unreadable)."""
+    path = Path(tokens_dir) / META
+    if not path.is_file():
+        raise DataError(f"no {META} in {tokens_dir}; run `hamt tokenize` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}); run `hamt tokenize` again") from None
+
+
+def load_split(tokens_dir: str | Path, split: str, meta: dict | None = None) -> np.memmap:
+    """The token ids of one split as a read-only memmap, checked against ``meta.json``.
+
+    Checks: the split is listed, the dtype is known, the file holds exactly ``tokens`` ids, and the
+    ``tokenizer.json`` beside it is the one the ids were made with (same sha256).
+    """
+    tokens_dir = Path(tokens_dir)
+    meta = meta if meta is not None else read_meta(tokens_dir)
+    fix = "run `hamt tokenize` again"
+    if split not in meta.get("splits", {}):
+        raise DataError(f"split '{split}' is not in {tokens_dir / META}; {fix}")
+    info = meta["splits"][split]
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{tokens_dir / META}: bad or missing dtype ({e}); {fix}") from None
+    path = tokens_dir / info.get("file", f"{split}.bin")
+    if not path.is_file():
+        raise DataError(f"{path} is missing; {fix}")
+    expected = int(info["tokens"]) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise DataError(f"{path} has {size} bytes but meta.json says {info['tokens']} {dtype} tokens ({expected} bytes); {fix}")
+    tok_file = tokens_dir / TOKENIZER_FILE
+    if not tok_file.is_file():
+        raise DataError(f"{tok_file} is missing; {fix}")
+    if file_sha256(tok_file) != meta.get("tokenizer_sha256"):
+        raise DataError(f"{tok_file} does not match the tokenizer the ids were made with (sha256 differs); {fix}")
+    if expected == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def check_vocab(meta: dict, model_vocab_size: int) -> None:
+    """The model's embedding must cover every token id (a larger model vocabulary is fine)."""
+    vocab = int(meta["vocab_size"])
+    if vocab > model_vocab_size:
+        raise DataError(
+            f"the tokens use a vocabulary of {vocab} but the model has vocab_size {model_vocab_size}; "
+            f"set --set model.vocab_size={vocab} or re-tokenize with a smaller tokenizer.vocab_size"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_length(n_tokens: int, seq_len: int, what: str = "the split") -> None:
+    if seq_len < 1:
+        raise DataError(f"seq_len must be >= 1, got {seq_len}")
+    if seq_len + 1 > n_tokens:
+        raise DataError(
+            f"sequence length longer than the data: {what} has {n_tokens} tokens but seq_len {seq_len} "
+            f"needs at least {seq_len + 1}; lower train.seq_len / compare.eval_context or use more text"
+        )
+
+
+class RandomWindows:
+    """Random contiguous windows of ``seq_len`` tokens, a pure function of (seed, step).
+
+    Each step draws ``batch_size x world_size`` start offsets from a generator seeded with
+    ``(seed, step)``; rank r takes its slice, so the ranks together see the batch one process with
+    ``batch_size x world_size`` would see. The only state is ``step``: restore it with
+    ``load_state_dict`` and the next batches are those of an uninterrupted run.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1,
+                 name: str = "the split"):
+        _check_length(len(tokens), seq_len, name)
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"bad loader setup: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+        self.tokens = tokens
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.step = 0
+
+    def starts(self, step: int) -> np.ndarray:
+        """Window start offsets of this rank at ``step``: (batch_size,)."""
+        rng = np.random.default_rng([self.seed, step])
+        high = len(self.tokens) - self.seq_len + 1  # a start s reads tokens[s : s + seq_len]
+        all_starts = rng.integers(0, high, size=self.batch_size * self.world_size)
+        return all_starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def next_numpy(self) -> np.ndarray:
+        """The next batch as int64 ids, (batch_size, seq_len); advances the position."""
+        t = self.seq_len
+        batch = np.stack([np.asarray(self.tokens[s:s + t], dtype=np.int64) for s in self.starts(self.step)])
+        self.step += 1
+        return batch  # (B, T)
+
+    def next_batch(self, device=None):
+        """The next batch as a LongTensor (batch_size, seq_len) on ``device``."""
+        import torch
+
+        x = torch.from_numpy(self.next_numpy())  # (B, T) int64
+        if device is None:
+            return x
+        device = torch.device(device)
+        if device.type == "cuda":
+            # pinned host memory lets the copy overlap with compute
+            return x.pin_memory().to(device, non_blocking=True)
+        return x.to(device)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seed": self.seed, "n_tokens": int(len(self.tokens)),
+                "batch_size": self.batch_size, "seq_len": self.seq_len, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the position. The seed and data must match; batch shape may change (fallback ladder)."""
+        if int(state["seed"]) != self.seed:
+            raise DataError(f"loader state has seed {state['seed']} but this run uses {self.seed}; resume with the same train.seed")
+        if int(state["n_tokens"]) != len(self.tokens):
+            raise DataError(
+                f"loader state was made on {state['n_tokens']} tokens but the split now has {len(self.tokens)}; "
+                "the data changed since the checkpoint (re-run `hamt tokenize` as before, or start a fresh run)"
+            )
+        self.step = int(state["step"])
+
+
+def sequential_windows(tokens: np.ndarray, seq_len: int, stride: int, name: str = "the split") -> Iterator[tuple[np.ndarray, int]]:
+    """Sliding windows for perplexity: yields (input_ids (T,) int64, n_new).
+
+    Score the last ``n_new`` next-token predictions of each window (targets ``input_ids[-n_new:]``):
+    over all windows every token but the first is a target exactly once, and each target sees up to
+    ``seq_len - 1`` tokens of context. The stride is capped at ``seq_len - 1`` because a window's first
+    token has no prediction inside that window.
+    """
+    n = len(tokens)
+    _check_length(n, seq_len, name)
+    if seq_len < 2 or stride < 1:
+        raise DataError(f"sliding windows need seq_len >= 2 and stride >= 1, got {seq_len} and {stride}")
+    step = min(stride, seq_len - 1)
+    end = min(seq_len, n)
+    yield np.asarray(tokens[:end], dtype=np.int64), end - 1
+    while end < n:
+        new_end = min(end + step, n)
+        begin = max(0, new_end - seq_len)
+        yield np.asarray(tokens[begin:new_end], dtype=np.int64), new_end - end
+        end = new_end

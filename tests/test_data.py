@@ -1,0 +1,264 @@
+"""The download stage (local layouts, splitting, manifest, offline and bad-input errors) and the loaders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_corpus
+from hamt import data
+from hamt.errors import DataError
+from hamt.params import resolve
+
+
+def make_params(tmp_path: Path, **data_keys):
+    d = {"raw_dir": str(tmp_path / "raw"), **data_keys}
+    return resolve({"data": d, "tokenizer": {"tokens_dir": str(tmp_path / "tokens")}})
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def split_texts(n_lines: int = 120) -> dict[str, bytes]:
+    return {s: make_corpus(n_lines, seed=i).encode() for i, s in enumerate(data.SPLITS)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Local sources
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", data.LOCAL_LAYOUTS, ids=lambda l: l["valid"])
+def test_local_folder_layouts_copy_exactly(tmp_path, layout):
+    src = tmp_path / "src"
+    src.mkdir()
+    texts = split_texts()
+    for split, name in layout.items():
+        (src / name).write_bytes(texts[split])
+    manifest = data.download(make_params(tmp_path, source="local", local_path=str(src)))
+    for split in data.SPLITS:
+        out = (tmp_path / "raw" / f"{split}.txt").read_bytes()
+        assert out == texts[split]
+        s = manifest["splits"][split]
+        assert s["bytes"] == len(out) and s["sha256"] == sha(out)
+        assert s["lines"] == out.count(b"\n") and s["words"] == len(out.decode().split())
+    assert manifest["source"]["kind"] == "local" and "carved" not in manifest["source"]
+    assert json.loads((tmp_path / "raw" / "manifest.json").read_text()) == manifest
+
+
+def test_single_file_is_split_contiguously_by_fractions(tmp_path, corpus_file):
+    params = make_params(tmp_path, source="local", local_path=str(corpus_file), split_fractions=[0.8, 0.1, 0.1])
+    manifest = data.download(params)
+    parts = [(tmp_path / "raw" / f"{s}.txt").read_bytes() for s in data.SPLITS]
+    original = corpus_file.read_bytes()
+    assert b"".join(parts) == original  # contiguous, nothing lost or reordered
+    n = original.count(b"\n")
+    lines = [manifest["splits"][s]["lines"] for s in data.SPLITS]
+    assert sum(lines) == n
+    assert lines == [round(0.8 * n), round(0.9 * n) - round(0.8 * n), n - round(0.9 * n)]
+    assert manifest["source"]["carved"]["splits"] == list(data.SPLITS)
+    # deterministic: a second run gives the same files
+    again = data.download(params)
+    assert [again["splits"][s]["sha256"] for s in data.SPLITS] == [sha(p) for p in parts]
+
+
+def test_partial_folder_keeps_present_splits_and_carves_the_rest(tmp_path):
+    # WikiText-2 with only valid + test: test is kept, train and valid are carved from valid.
+    src = tmp_path / "src"
+    src.mkdir()
+    texts = split_texts(200)
+    (src / "wiki.valid.raw").write_bytes(texts["valid"])
+    (src / "wiki.test.raw").write_bytes(texts["test"])
+    manifest = data.download(make_params(tmp_path, source="local", local_path=str(src)))
+    raw = tmp_path / "raw"
+    assert (raw / "test.txt").read_bytes() == texts["test"]
+    assert (raw / "train.txt").read_bytes() + (raw / "valid.txt").read_bytes() == texts["valid"]
+    assert manifest["source"]["carved"] == {"from": "wiki.valid.raw", "splits": ["train", "valid"], "fractions": [0.9, 0.05, 0.05]}
+    n = texts["valid"].count(b"\n")
+    assert manifest["splits"]["train"]["lines"] == round(n * 0.9 / 0.95)
+
+
+def test_folder_with_one_text_file_and_env_override(tmp_path, monkeypatch):
+    src = tmp_path / "shakespeare"
+    src.mkdir()
+    (src / "input.txt").write_text(make_corpus(300), encoding="utf-8")
+    monkeypatch.setenv("HAMT_DATA_DIR", str(src))
+    manifest = data.download(make_params(tmp_path, source="hub"))  # the env var wins over source: hub
+    assert manifest["source"]["chosen_by"] == "HAMT_DATA_DIR"
+    assert manifest["source"]["layout"].endswith("input.txt")
+    assert sum(manifest["splits"][s]["bytes"] for s in data.SPLITS) == (src / "input.txt").stat().st_size
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(b"", "empty"), (b" \n\n  \n", "empty"), (b"good line\n\xff\xfe bad bytes\n", "not valid UTF-8")],
+    ids=["empty", "blank", "latin1"],
+)
+def test_bad_local_input_raises_dataerror_and_keeps_old_output(tmp_path, corpus_file, content, match):
+    data.download(make_params(tmp_path, source="local", local_path=str(corpus_file)))
+    before = (tmp_path / "raw" / "manifest.json").read_bytes()
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        data.download(make_params(tmp_path, source="local", local_path=str(bad)))
+    assert (tmp_path / "raw" / "manifest.json").read_bytes() == before  # the failed run changed nothing
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".raw.")]  # and left no temp folder
+
+
+def test_missing_paths_and_unset_local_path(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data.download(make_params(tmp_path, source="local", local_path=str(tmp_path / "nope")))
+    with pytest.raises(DataError, match="data.local_path"):
+        data.download(make_params(tmp_path, source="local"))
+    empty = tmp_path / "emptydir"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no recognised text files"):
+        data.download(make_params(tmp_path, source="local", local_path=str(empty)))
+    assert not (tmp_path / "raw").exists()
+
+
+def test_too_short_file_cannot_be_split(tmp_path):
+    f = tmp_path / "two.txt"
+    f.write_text("one line\nanother line\n", encoding="utf-8")
+    with pytest.raises(DataError, match="cannot be split"):
+        data.download(make_params(tmp_path, source="local", local_path=str(f)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Hub source
+# --------------------------------------------------------------------------------------------------
+
+
+def test_offline_hub_fails_fast_with_the_setting_to_use(tmp_path):
+    # conftest sets HF_HUB_OFFLINE=1. The bound is generous on purpose: it only guards against
+    # datasets' retry loop, which takes minutes when nothing stops it.
+    t0 = time.monotonic()
+    with pytest.raises(DataError) as err:
+        data.download(make_params(tmp_path, source="hub"))
+    assert time.monotonic() - t0 < 60
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "data.source=local" in msg and "data.local_path=DIR" in msg and "HAMT_DATA_DIR" in msg
+    assert "HF_HUB_OFFLINE" in msg
+    assert not (tmp_path / "raw").exists()
+
+
+def test_unreachable_hub_fails_before_calling_datasets(tmp_path, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+
+    def must_not_run(*a, **k):
+        raise AssertionError("datasets.load_dataset must not be called when the hub is unreachable")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=must_not_run))
+    with pytest.raises(DataError, match="unreachable.*data.source=local"):
+        data.download(make_params(tmp_path, source="hub"))
+
+
+def test_hub_rows_become_the_original_lines(tmp_path, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(data, "probe_hub", lambda *a, **k: None)
+    # the HF WikiText rows: one per line of the original file, blank lines as ""
+    rows = ["", " = Title = \n", "", " Some text here .\n", ""]
+    calls = []
+
+    def fake_load_dataset(repo, config):
+        calls.append((repo, config))
+        return {"train": {"text": rows}, "validation": {"text": rows[:2]}, "test": {"text": rows[1:4]}}
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=fake_load_dataset))
+    manifest = data.download(make_params(tmp_path, source="hub", dataset="wikitext-103-raw-v1"))
+    assert calls == [("Salesforce/wikitext", "wikitext-103-raw-v1")]
+    train = (tmp_path / "raw" / "train.txt").read_text(encoding="utf-8")
+    assert train == " \n = Title = \n \n Some text here .\n \n"
+    assert manifest["splits"]["train"]["lines"] == 5 and manifest["splits"]["train"]["words"] == 7
+    assert manifest["source"] == {"kind": "hub", "repo": "Salesforce/wikitext", "dataset": "wikitext-103-raw-v1"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------------------
+
+
+def test_random_windows_are_contiguous_and_resume_exactly():
+    tokens = np.arange(5000, dtype=np.uint16)
+    a = data.RandomWindows(tokens, batch_size=4, seq_len=16, seed=7)
+    first = [a.next_numpy() for _ in range(3)]
+    state = a.state_dict()
+    rest = [a.next_numpy() for _ in range(4)]
+    for batch in first + rest:
+        assert batch.shape == (4, 16) and batch.dtype == np.int64
+        assert (np.diff(batch, axis=1) == 1).all()  # each row is one contiguous window
+    assert len({b.tobytes() for b in first + rest}) == 7  # the batches differ from step to step
+    b = data.RandomWindows(tokens, batch_size=4, seq_len=16, seed=7)
+    b.load_state_dict(json.loads(json.dumps(state)))  # the state survives a JSON round trip
+    for expected in rest:
+        np.testing.assert_array_equal(b.next_numpy(), expected)
+    c = data.RandomWindows(tokens, batch_size=4, seq_len=16, seed=8)
+    assert not np.array_equal(c.next_numpy(), first[0])
+    with pytest.raises(DataError, match="seed"):
+        c.load_state_dict(state)
+    with pytest.raises(DataError, match="data changed"):
+        data.RandomWindows(tokens[:4000], 4, 16, seed=7).load_state_dict(state)
+
+
+def test_random_windows_ranks_split_one_global_batch():
+    tokens = np.arange(3000, dtype=np.uint32)
+    single = data.RandomWindows(tokens, batch_size=6, seq_len=8, seed=3)
+    ranks = [data.RandomWindows(tokens, batch_size=2, seq_len=8, seed=3, rank=r, world_size=3) for r in range(3)]
+    for _ in range(3):
+        np.testing.assert_array_equal(single.next_numpy(), np.concatenate([r.next_numpy() for r in ranks]))
+
+
+def test_random_windows_torch_batch_and_reach_the_last_token():
+    torch = pytest.importorskip("torch")
+    tokens = np.arange(20, dtype=np.uint16)
+    loader = data.RandomWindows(tokens, batch_size=64, seq_len=19, seed=0)
+    x = loader.next_batch("cpu")
+    assert isinstance(x, torch.Tensor) and x.dtype == torch.long and x.shape == (64, 19)
+    assert set(x[:, 0].tolist()) == {0, 1}  # both possible windows occur, including the one ending at the last token
+
+
+def test_sequence_longer_than_data_is_a_clear_error():
+    tokens = np.arange(16, dtype=np.uint16)
+    with pytest.raises(DataError, match="sequence length longer than the data"):
+        data.RandomWindows(tokens, batch_size=2, seq_len=16, seed=0)
+    with pytest.raises(DataError, match="sequence length longer than the data"):
+        list(data.sequential_windows(tokens, seq_len=16, stride=8))
+    data.RandomWindows(tokens, batch_size=2, seq_len=15, seed=0)  # seq_len + 1 == n is enough
+
+
+@pytest.mark.parametrize("n, seq_len, stride", [(100, 16, 8), (100, 16, 16), (100, 16, 40), (17, 16, 4), (101, 10, 3), (57, 2, 1)])
+def test_sequential_windows_cover_every_target_once(n, seq_len, stride):
+    tokens = np.arange(n, dtype=np.uint16)  # token value == position
+    targets = []
+    for ids, n_new in data.sequential_windows(tokens, seq_len, stride):
+        assert ids.dtype == np.int64 and 1 <= len(ids) <= seq_len
+        assert (np.diff(ids) == 1).all()  # contiguous
+        assert 1 <= n_new <= len(ids) - 1  # every scored target has at least one token of context
+        targets.extend(ids[-n_new:].tolist())
+    assert targets == list(range(1, n))  # every token but the first, once, in order
+
+
+def test_check_vocab():
+    data.check_vocab({"vocab_size": 512}, 512)
+    data.check_vocab({"vocab_size": 500}, 512)
+    with pytest.raises(DataError, match="model.vocab_size=4096"):
+        data.check_vocab({"vocab_size": 4096}, 512)
+
+
+def test_read_meta_missing_names_the_fix(tmp_path):
+    with pytest.raises(DataError, match="hamt tokenize"):
+        data.read_meta(tmp_path)
+    with pytest.raises(DataError, match="hamt tokenize"):
+        data.load_split(tmp_path, "train")
