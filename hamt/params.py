@@ -234,6 +234,10 @@ class TrainParams:
     gradient_checkpointing: bool = False
     # random seed
     seed: int = 1337
+    # training checkpoints kept in out_dir/<name> (the newest ones)
+    keep_checkpoints: int = 3
+    # peak FLOP/s for MFU; 0 = datasheet on CUDA, a matmul probe on CPU (env HAMT_PEAK_FLOPS wins)
+    peak_flops: float = 0.0
     # Weights & Biases
     wandb: WandbParams = field(default_factory=WandbParams)
 
@@ -246,6 +250,12 @@ class TrainParams:
         _require(self.weight_decay >= 0, "train.weight_decay: must be >= 0")
         _require(self.grad_clip >= 0, "train.grad_clip: must be >= 0 (0 disables)")
         _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas: two numbers in [0, 1)")
+        _require(self.keep_checkpoints >= 1, "train.keep_checkpoints: must be >= 1")
+        _require(self.peak_flops >= 0, "train.peak_flops: must be >= 0 (0 = look up / measure)")
+        _require(
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+            f"train.device: expected auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
         _require(
             self.batch_size % self.micro_batch_size == 0,
             f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({self.micro_batch_size})",
