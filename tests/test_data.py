@@ -125,6 +125,15 @@ def test_missing_paths_and_unset_local_path(tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
+def test_failure_after_some_splits_were_written_leaves_nothing(tmp_path):
+    # train and valid are written before the test part turns out blank: the whole run must vanish
+    f = tmp_path / "tail-blank.txt"
+    f.write_text(make_corpus(186) + " \n" * 10, encoding="utf-8")  # 200 lines: test = the last 10
+    with pytest.raises(DataError, match="split 'test'.*empty"):
+        data.download(make_params(tmp_path, source="local", local_path=str(f)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tail-blank.txt"]
+
+
 def test_too_short_file_cannot_be_split(tmp_path):
     f = tmp_path / "two.txt"
     f.write_text("one line\nanother line\n", encoding="utf-8")
@@ -262,3 +271,15 @@ def test_read_meta_missing_names_the_fix(tmp_path):
         data.read_meta(tmp_path)
     with pytest.raises(DataError, match="hamt tokenize"):
         data.load_split(tmp_path, "train")
+
+
+@pytest.mark.gpu
+def test_random_windows_cuda_batch_matches_cpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    tokens = np.arange(1000, dtype=np.uint16)
+    cpu = data.RandomWindows(tokens, batch_size=4, seq_len=16, seed=1).next_batch("cpu")
+    gpu = data.RandomWindows(tokens, batch_size=4, seq_len=16, seed=1).next_batch("cuda")
+    assert gpu.is_cuda and gpu.dtype == torch.long
+    assert torch.equal(gpu.cpu(), cpu)
