@@ -93,6 +93,7 @@ class _HashingWriter:
         self.sha.update(data)
         self.nbytes += len(data)
         if self.hook is not None:
+            self.f.flush()  # the bytes so far are on disk when a test kills the process in the hook
             self.hook(self.nbytes)  # may sleep (kill tests) or raise OSError (disk-full tests)
         return n
 

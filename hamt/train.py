@@ -205,6 +205,19 @@ def _max_context(config) -> int | None:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
+def make_optimizer(model, lr: float, betas, weight_decay: float, device):
+    """AdamW; matrices (linear and embedding weights) decay, 1-d parameters (norms, biases, gates) do not."""
+    import torch
+
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)
+
+
 # ---------------------------------------------------------------------------------------------------
 # FLOPs and MFU
 # ---------------------------------------------------------------------------------------------------
@@ -539,17 +552,7 @@ class Trainer:
 
     # --- construction helpers ------------------------------------------------------------------
     def _make_optimizer(self):
-        import torch
-
-        decay, no_decay = [], []
-        for _, p in self.raw_model.named_parameters():
-            if p.requires_grad:
-                # Matrices (linear and embedding weights) decay; norms, biases, gates (1-d) do not.
-                (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.tp.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        extra = {"fused": True} if self.device.type == "cuda" else {}
-        return torch.optim.AdamW(groups, lr=self.tp.lr, betas=tuple(self.tp.betas), **extra)
+        return make_optimizer(self.raw_model, self.tp.lr, self.tp.betas, self.tp.weight_decay, self.device)
 
     def _wrap_model(self, compile_ok: bool = True) -> None:
         """self.model: the module the loop calls (compiled and/or DDP-wrapped raw_model)."""
@@ -849,47 +852,49 @@ class Trainer:
                                      val=f"{row['val_loss']:.3f}", refresh=False)
 
     def evaluate(self) -> dict:
-        """Mean LM loss over ``eval_batches`` fixed validation windows (+ fidelity, slot use for HAMT)."""
+        """Mean LM loss over ``eval_batches`` fixed validation batches (+ fidelity, slot use for HAMT).
+
+        The batches are those of a fixed-seed RandomWindows (the same every time, and no draw from the
+        training RNG, which would break bitwise resume). Under DDP the ranks share them out (batch i
+        on rank i mod world) and sum, so val_loss does not depend on the number of processes.
+        """
         import torch
 
         from hamt.data import RandomWindows
 
-        # A fresh loader with a fixed seed: the same windows every time, and no draw from the
-        # training RNG (which would break bitwise resume).
         loader = RandomWindows(self.valid_tokens, self.ladder.micro_batch_size, self.ladder.seq_len,
-                               self.tp.seed + 1, self.dist.rank, self.dist.world_size, name="the valid split")
+                               self.tp.seed + 1, 0, 1, name="the valid split")
         was_training = self.raw_model.training
         self.raw_model.eval()
         hamt = _is_hamt(self.config)
-        losses, fids, active = [], [], []
+        sums = torch.zeros(5, dtype=torch.float64)  # loss, n, fidelity, slot_active_fraction, n_stats
         with torch.no_grad():
-            for _ in range(self.tp.eval_batches):
-                x = loader.next_batch(self.device)
-                x = x[0] if isinstance(x, (tuple, list)) else x
+            for i in range(self.dist.rank, self.tp.eval_batches, self.dist.world_size):
+                loader.step = i  # RandomWindows is a pure function of (seed, step)
+                x = loader.next_batch(self.device)  # (micro, T)
                 kw = {"return_memory_stats": True} if hamt else {}
                 with autocast_context(self.device, self.tp.precision):
                     out = self.raw_model(input_ids=x, labels=x, use_cache=False, **kw)
                 lm = out.lm_loss if getattr(out, "lm_loss", None) is not None else out.loss
-                losses.append(float(lm))
+                sums[0] += float(lm)
+                sums[1] += 1
                 if hamt and out.fidelity is not None:
                     from hamt.model import slot_utilisation
 
-                    fids.append(float(out.fidelity))
-                    active.append(slot_utilisation(out.slot_usage)["slot_active_fraction"])
+                    sums[2] += float(out.fidelity)
+                    sums[3] += slot_utilisation(out.slot_usage)["slot_active_fraction"]
+                    sums[4] += 1
         self.raw_model.train(was_training)
-        vals = [sum(losses) / len(losses)]
-        if fids:
-            vals += [sum(fids) / len(fids), sum(active) / len(active)]
         if self.dist.ddp:
             import torch.distributed as dist
 
-            t = torch.tensor(vals, device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.AVG)
-            vals = t.tolist()
-        out = {"val_loss": vals[0]}
-        if fids:
-            out.update(fidelity=vals[1], slot_active_fraction=vals[2])
-        return out
+            sums = sums.to(self.device)  # nccl needs device tensors
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+            sums = sums.cpu()
+        result = {"val_loss": float(sums[0] / sums[1])}
+        if sums[4] > 0:
+            result.update(fidelity=float(sums[2] / sums[4]), slot_active_fraction=float(sums[3] / sums[4]))
+        return result
 
     def _event_log(self, msg: str, echo: bool = True) -> None:
         tl = getattr(self, "text_log", None)
@@ -951,7 +956,7 @@ class Trainer:
         if self.dist.ddp:
             import torch.distributed as dist
 
-            ok = torch.tensor([0.0 if err else 1.0])
+            ok = torch.tensor([0.0 if err else 1.0], device=self.device)  # nccl needs device tensors
             dist.broadcast(ok, src=0)
             if ok.item() == 0 and err is None:
                 raise CheckpointError(f"rank 0 failed to write the checkpoint of step {self.step}")
