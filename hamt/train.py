@@ -538,7 +538,8 @@ class Trainer:
         # Bookkeeping -----------------------------------------------------------------------------
         self.step = 0
         self.tokens_seen = 0
-        self.train_time = 0.0
+        self.train_time = 0.0  # seconds in timed training steps (not eval, checkpoints, compilation)
+        self.timed_tokens = 0
         self.best_val = None
         self.last_val = None
         self.resumed_from = None
@@ -619,12 +620,12 @@ class Trainer:
             f"{'resuming' if self.resumed_from else 'starting'} {self.name}: {type(self.raw_model).__name__}, "
             f"{self.n_params:,} params, device {self.device}, {self.tp.precision}, world {self.dist.world_size}, "
             f"step {self.step}/{self.tp.max_steps}", echo=self.master)
-        if self.step == 0 and self.fp.enabled and self.fp.max_divergence_retries > 0:
-            self._save()  # step 0: the state a divergence before the first checkpoint rolls back to
         old_handlers = self._install_signal_handlers()
         self.bar = progress(self.tp.max_steps, self.step, desc=self.name, enabled=self.master)
         t_start = time.time()
         try:
+            if self.step == 0 and self.fp.enabled and self.fp.max_divergence_retries > 0:
+                self._save()  # step 0: the state a divergence before the first checkpoint rolls back to
             while self.step < self.tp.max_steps:
                 if self._stop_requested():
                     return self._interrupted(t_start)
@@ -634,6 +635,14 @@ class Trainer:
             if self.last_val is None or self._val_step != self.step:
                 self._evaluate_and_log(force_eval=True)
             return self._finish(t_start)
+        except TrainingFailed as e:
+            # The flow reads this to decide on its fallback profile; the rungs taken are in "fallbacks".
+            if self.master:
+                from hamt.logging_utils import write_json_atomic
+
+                self._event_log(f"failed: {e}", echo=False)
+                write_json_atomic(self.results_dir / "metrics.json", {**self._summary(t_start), "failed": str(e)})
+            raise
         finally:
             self.bar.close()
             self._restore_signal_handlers(old_handlers)
@@ -643,6 +652,7 @@ class Trainer:
         step = self.step + 1  # the update being computed (1-based)
         x = self.loader.next_batch(self.device)
         x = x[0] if isinstance(x, (tuple, list)) else x  # (B_rank, T) token ids; labels = inputs (HF shifts)
+        compiling = self._compile_pending  # the first compiled step includes compilation: not timed
         t0 = time.perf_counter()
         result = self._attempt_step(step, x)
         if result is None:  # diverged and rolled back
@@ -651,12 +661,14 @@ class Trainer:
         dt = time.perf_counter() - t0
         self.step = step
         self.tokens_seen += ntok
-        self.train_time += dt
         iv = self._interval
         iv["loss"] += loss
         iv["n"] += 1
-        iv["tokens"] += ntok
-        iv["time"] += dt
+        if not compiling:
+            self.train_time += dt
+            self.timed_tokens += ntok
+            iv["tokens"] += ntok
+            iv["time"] += dt
         if fid is not None:
             iv["fid"].append(fid)
         self._last = {"lr": lr, "grad_norm": gnorm}
@@ -831,9 +843,10 @@ class Trainer:
         row = {"step": step, "tokens": self.tokens_seen, **self._last}
         iv = self._interval
         if iv["n"]:
-            tps = iv["tokens"] / max(iv["time"], 1e-9)
-            row.update(train_loss=iv["loss"] / iv["n"], tokens_per_s=tps,
-                       mfu=(self.flops_tok * tps / self.peak) if self.peak else None)
+            row["train_loss"] = iv["loss"] / iv["n"]
+        if iv["time"] > 0:
+            tps = iv["tokens"] / iv["time"]
+            row.update(tokens_per_s=tps, mfu=(self.flops_tok * tps / self.peak) if self.peak else None)
             if iv["fid"]:
                 row["fidelity"] = sum(iv["fid"]) / len(iv["fid"])
         row["peak_mem_mb"] = peak_memory_mb(self.device)
@@ -934,6 +947,7 @@ class Trainer:
             "name": self.name,
             "world_size": self.dist.world_size,
             "progress": {"tokens_seen": self.tokens_seen, "train_time": self.train_time,
+                         "timed_tokens": self.timed_tokens,
                          "best_val": self.best_val, "last_val": self.last_val, "val_step": self._val_step,
                          # the partial logging interval, so the resumed series averages the same steps
                          "interval": {k: v for k, v in self._interval.items() if k in ("loss", "n", "fid")}},
@@ -1004,6 +1018,7 @@ class Trainer:
         prog = state.get("progress", {})
         self.tokens_seen = int(prog.get("tokens_seen", 0))
         self.train_time = float(prog.get("train_time", 0.0))
+        self.timed_tokens = int(prog.get("timed_tokens", 0))
         self.best_val, self.last_val = prog.get("best_val"), prog.get("last_val")
         self._val_step = int(prog.get("val_step", -1))
         self._last_saved_step = self.step
@@ -1114,7 +1129,7 @@ class Trainer:
     def _summary(self, t_start: float, interrupted: bool = False) -> dict:
         rows = self.csv.rows() if self.csv is not None else []
         last_train = next((float(r["train_loss"]) for r in reversed(rows) if r.get("train_loss")), None)
-        tps = self.tokens_seen / self.train_time if self.train_time else None
+        tps = self.timed_tokens / self.train_time if self.train_time else None
         return {
             "name": self.name,
             "model_class": type(self.raw_model).__name__,
@@ -1147,6 +1162,7 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "weights_sha256": weights_sha256(self.raw_model),
             "interrupted": interrupted,
+            "failed": None,
             "wandb_run_dir": getattr(self.logger, "run_dir", None),
             "model_config": self.identity,
         }

@@ -155,6 +155,21 @@ def test_oom_gives_up_when_the_ladder_is_exhausted(tokens_dir, tmp_path):
     with pytest.raises(TrainingFailed, match="out of memory at step 1 even with micro_batch_size=4") as e:
         train(p, fault_hook=always_oom)
     assert "\n" not in str(e.value)
+    metrics = json.loads((tmp_path / "results" / "hamt" / "metrics.json").read_text())
+    assert metrics["failed"] == str(e.value)
+    assert [f["kind"] for f in metrics["fallbacks"]] == ["micro_batch_size", "gradient_checkpointing"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu(tokens_dir, tmp_path, precision):
+    from hamt.checkpoint import load_latest
+    from hamt.train import train
+
+    s = train(micro(tokens_dir, tmp_path, f"train.precision={precision}", "train.max_steps=6", "train.log_every=3"))
+    rows = series(tmp_path)
+    assert s["precision"] == precision and all(float(r["train_loss"]) < 7 for r in rows)
+    state, _ = load_latest(tmp_path / "ckpt" / "hamt")
+    assert state["scaler"].get("scale", None) is not None if precision == "fp16" else state["scaler"] == {}
 
 
 def test_nan_rolls_back_with_lower_lr(tokens_dir, tmp_path):
