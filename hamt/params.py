@@ -296,36 +296,106 @@ class ValidateParams:
     steps: int = 60
     # the loss must fall by at least this fraction of its first value
     min_loss_drop: float = 0.2
-    # output folder
+    # output folder (metrics.json, the run's log.csv, its checkpoints)
     out_dir: str = "results/validate"
+    # overrides of the model section for the small model (e.g. {preset: tiny} on GPU profiles)
+    model: dict = field(default_factory=dict)
+    # overrides of the train section for the small run (e.g. {seq_len: 128, compile: false})
+    train: dict = field(default_factory=dict)
+    # new tokens generated from the small model (generation must produce text)
+    generate_tokens: int = 20
+    # MQAR training steps of the small recall probe (0 skips the recall check)
+    recall_steps: int = 200
+    # key-value pairs per MQAR sequence of the recall probe
+    recall_pairs: int = 4
+    # MQAR vocabulary (filler + keys + values) of the recall probe
+    recall_vocab: int = 32
+
+    def validate(self) -> None:
+        _require(self.steps >= 2, "validate.steps: must be >= 2 (the loss needs a first and a last value)")
+        _require(0 <= self.min_loss_drop < 1, "validate.min_loss_drop: must be in [0, 1)")
+        _require(self.generate_tokens >= 1, "validate.generate_tokens: must be >= 1")
+        _require(self.recall_steps >= 0, "validate.recall_steps: must be >= 0 (0 skips the recall check)")
+        _require(self.recall_pairs >= 1, "validate.recall_pairs: must be >= 1")
+        _require(self.recall_vocab >= 2 * self.recall_pairs + 1,
+                 "validate.recall_vocab: must be >= 2 * recall_pairs + 1 (filler, distinct keys, values)")
+
+
+# Ablation names hamt.compare understands: a switch flipped against the profile's model.
+ABLATION_PATTERN = r"(gating-(on|off)|aux-(on|off)|conv-(off|[0-9]+)|slots-[0-9]+)"
 
 
 @dataclass
 class CompareParams:
     """Baselines and evaluation settings (stage ``compare``)."""
 
-    # baseline names from the registry in hamt.compare
+    # baseline names from the registry in hamt.compare (HAMT itself is always evaluated)
     baselines: list[str] = field(default_factory=lambda: ["gpt2-scratch", "gpt2", "distilgpt2"])
+    # local folders of pretrained baselines, {name: path} (used instead of the hub)
+    local_models: dict = field(default_factory=dict)
+    # HAMT variants trained with the same budget: gating-on|off, aux-on|off, conv-off|conv-K, slots-N
+    ablations: list[str] = field(default_factory=list)
+    # split evaluated for perplexity
+    eval_split: typing.Literal["train", "valid", "test"] = "test"
     # evaluation context for sliding-window perplexity
     eval_context: int = 128
     # stride of the sliding window (<= eval_context)
     eval_stride: int = 64
-    # cap on evaluated tokens (0 = whole split)
+    # cap on evaluated tokens (0 = whole split); byte/word counts are then scaled to the evaluated fraction
     eval_max_tokens: int = 0
+    # windows per forward pass during evaluation
+    eval_batch_size: int = 8
+    # timed steps of the training / inference throughput probes (batch train.micro_batch_size, eval_context tokens)
+    throughput_steps: int = 3
+    # context lengths of the decoding probe (per-token latency and state/KV-cache bytes)
+    decode_contexts: list[int] = field(default_factory=lambda: [64, 256, 1024])
+    # tokens generated per context length by the decoding probe
+    decode_tokens: int = 16
+    # sequence lengths of the throughput probe of freshly initialised HAMT vs matched GPT-2 (empty skips)
+    speed_seq_lens: list[int] = field(default_factory=lambda: [128, 512, 1024])
+    # key-value pairs of the associative-recall (MQAR) evaluation grid
+    recall_pairs: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    # MQAR sequences per grid point
+    recall_samples: int = 64
+    # MQAR training steps of the architecture probe (small HAMT vs small GPT-2 trained on MQAR; 0 skips)
+    recall_train_steps: int = 600
+    # MQAR vocabulary of the architecture probe
+    recall_vocab: int = 32
+    # new tokens of the HAMT text sample (the "text generation works" check)
+    generate_tokens: int = 40
     # output folder
     out_dir: str = "results/compare"
 
     def validate(self) -> None:
+        import re
+
         _require(self.eval_context >= 2, "compare.eval_context: must be >= 2")
         _require(1 <= self.eval_stride <= self.eval_context, "compare.eval_stride: must be in [1, eval_context]")
+        _require(self.eval_max_tokens >= 0, "compare.eval_max_tokens: must be >= 0 (0 = whole split)")
+        for k in ("eval_batch_size", "throughput_steps", "decode_tokens", "recall_samples", "generate_tokens"):
+            _require(getattr(self, k) >= 1, f"compare.{k}: must be >= 1, got {getattr(self, k)}")
+        _require(self.recall_train_steps >= 0, "compare.recall_train_steps: must be >= 0 (0 skips the probe)")
+        for k in ("decode_contexts", "speed_seq_lens", "recall_pairs"):
+            _require(all(v >= 1 for v in getattr(self, k)), f"compare.{k}: every entry must be >= 1")
+        _require(self.recall_vocab >= 2 * max(self.recall_pairs or [1]) + 1,
+                 "compare.recall_vocab: must be >= 2 * max(recall_pairs) + 1 (filler, distinct keys, values)")
+        for a in self.ablations:
+            _require(re.fullmatch(ABLATION_PATTERN, a) is not None,
+                     f"compare.ablations: unknown ablation {a!r}; use gating-on|off, aux-on|off, conv-off|conv-K, slots-N")
+        for name, path in self.local_models.items():
+            _require(isinstance(path, str) and path, f"compare.local_models.{name}: expected a folder path")
 
 
 @dataclass
 class ReportParams:
     """The report (stage ``report``)."""
 
-    # output folder of report.md / report.html / plots
+    # output folder of report.md / report.html / metrics.json (plots go to <out_dir>/plots)
     out_dir: str = "results"
+    # folder of the benchmark results (model.json ...) plotted when present
+    bench_dir: str = "results/bench"
+    # title of the report
+    title: str = "HAMT: measured results"
 
 
 SECTIONS: dict[str, type] = {

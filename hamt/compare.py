@@ -1,0 +1,558 @@
+"""HAMT against its baselines, on the same tokens with the same metrics (stage ``compare``).
+
+The registry (``REGISTRY``) knows three kinds of model:
+
+- ``hamt``: the trained model, ``<train.out_dir>/hamt/final`` (``hamt train``);
+- ``scratch``: transformers' GPT2LMHeadModel trained here by the same trainer on the same tokens and
+  budget — ``gpt2-scratch`` with HAMT's parameter count (``hamt.baselines.matched_gpt2_config``,
+  within 5%), ``gpt2-scratch-2x`` with twice it (for the "fewer parameters for similar quality"
+  claim). Loaded from ``<train.out_dir>/<name>/final`` when already trained, trained otherwise.
+  Always available;
+- ``pretrained``: GPT-2, DistilGPT-2, Pythia-70M/160M evaluated zero-shot, from a local folder
+  (``compare.local_models``) or the Hugging Face hub. Only when the tokens are GPT-2 BPE (otherwise
+  token-level numbers would not be comparable): the GPT-2 family reads the ids as they are; Pythia
+  has its own tokenizer, so the evaluated text is decoded and re-tokenized with it (bpb and word
+  perplexity stay comparable: same text, same byte/word counts).
+
+Ablations (``compare.ablations``, names like ``gating-off``, ``aux-on``, ``slots-1``) are HAMT with
+one switch flipped, trained with the same budget as ``ablation-<switch>``.
+
+A model that cannot be evaluated (offline, no checkpoint, tokenizer mismatch) gives a row with
+``status: skipped`` and the ``reason``; an unexpected error gives ``status: failed`` and the error.
+No row is ever dropped or filled with a number that was not measured.
+
+Beside the per-model rows, two probes measure the architectures rather than checkpoints:
+an MQAR probe (small HAMT vs parameter-matched GPT-2, trained on associative recall) and a speed
+probe (freshly initialised HAMT vs matched GPT-2: training / inference tokens/s and peak memory
+against sequence length, same tokens per step). Outputs in ``compare.out_dir``:
+``results.csv`` / ``results.json`` (one row per model), ``recall.json``, ``speed.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hamt.errors import CheckpointError, ConfigError, DataError, HAMTError
+
+# name -> how to get it. ``tokenizer``: "tokens" reads the tokens' ids as they are (GPT-2 BPE
+# required for pretrained models); "own" re-tokenizes the evaluated text with the model's tokenizer.
+REGISTRY: dict[str, dict[str, Any]] = {
+    "hamt": {"kind": "hamt", "what": "HAMT, trained by `hamt train`"},
+    "gpt2-scratch": {"kind": "scratch", "scale": 1.0, "what": "GPT-2 architecture, parameter-matched, same tokens and budget"},
+    "gpt2-scratch-2x": {"kind": "scratch", "scale": 2.0, "what": "GPT-2 architecture, 2x HAMT's parameters, same tokens and budget"},
+    "gpt2": {"kind": "pretrained", "hub": "gpt2", "tokenizer": "tokens", "what": "OpenAI GPT-2 124M, zero-shot"},
+    "distilgpt2": {"kind": "pretrained", "hub": "distilgpt2", "tokenizer": "tokens", "what": "DistilGPT-2 82M, zero-shot"},
+    "EleutherAI/pythia-70m": {"kind": "pretrained", "hub": "EleutherAI/pythia-70m", "tokenizer": "own",
+                              "what": "Pythia-70M (Pile), zero-shot, own tokenizer"},
+    "EleutherAI/pythia-160m": {"kind": "pretrained", "hub": "EleutherAI/pythia-160m", "tokenizer": "own",
+                               "what": "Pythia-160M (Pile), zero-shot, own tokenizer"},
+}
+ABLATION_PREFIX = "ablation-"
+
+# Columns of results.csv, in order (results.json rows hold these plus nested details).
+COLUMNS = [
+    "name", "kind", "status", "reason", "params", "tokens_seen", "train_steps", "eval_split", "eval_tokens",
+    "loss", "ppl", "bpb", "word_ppl", "train_tok_s", "trainer_tok_s", "infer_tok_s", "decode_tok_s",
+    "decode_ms_per_token", "state_bytes", "peak_mem_mb", "infer_peak_mem_mb", "mem_source", "recall_acc",
+    "mqar_trained_acc", "fidelity", "slot_active_fraction", "slot_entropy", "tokenizer", "counts_note", "seconds",
+]
+
+
+def add_arguments_compare(parser) -> None:
+    parser.add_argument("--baselines", nargs="*", default=None, metavar="NAME",
+                        help="baselines to run (default: compare.baselines); HAMT and the ablations always run")
+    parser.add_argument("--no-ablations", action="store_true", help="skip compare.ablations")
+
+
+def cli_compare(params, args) -> int:
+    if getattr(args, "no_ablations", False):
+        params.compare.ablations = []
+    result = compare(params, baselines=args.baselines, progress=True)
+    print(format_table(result["rows"]))
+    print(f"results in {Path(params.compare.out_dir) / 'results.csv'} (+ results.json, recall.json, speed.json)")
+    hamt_row = next((r for r in result["rows"] if r["name"] == "hamt"), None)
+    if hamt_row is None or hamt_row["status"] != "ok":
+        why = hamt_row["reason"] if hamt_row else "not evaluated"
+        print(f"hamt compare: error: HAMT itself was not evaluated ({why})", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows
+# --------------------------------------------------------------------------------------------------
+
+
+def empty_row(name: str, kind: str) -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update(name=name, kind=kind, status="ok", reason="")
+    return row
+
+
+def skipped(name: str, kind: str, reason: str) -> dict:
+    row = empty_row(name, kind)
+    row.update(status="skipped", reason=reason)
+    return row
+
+
+def kind_of(name: str) -> str:
+    if name.startswith(ABLATION_PREFIX):
+        return "ablation"
+    if name in REGISTRY:
+        return REGISTRY[name]["kind"]
+    raise ConfigError(f"unknown baseline '{name}'; known: {', '.join(REGISTRY)} or {ABLATION_PREFIX}<switch>")
+
+
+def ablation_overrides(switch: str) -> dict:
+    """HAMTConfig overrides of one ablation name (see ``hamt.params.ABLATION_PATTERN``)."""
+    fixed = {"gating-on": {"use_gating": True}, "gating-off": {"use_gating": False},
+             "aux-on": {"use_auxiliary_loss": True}, "aux-off": {"use_auxiliary_loss": False},
+             "conv-off": {"conv_kernel": 0}}
+    if switch in fixed:
+        return fixed[switch]
+    head, _, num = switch.rpartition("-")
+    if head == "slots" and num.isdigit():
+        return {"num_slots": int(num)}
+    if head == "conv" and num.isdigit():
+        return {"conv_kernel": int(num)}
+    raise ConfigError(f"compare.ablations: unknown ablation {switch!r}; use gating-on|off, aux-on|off, conv-off|conv-K, slots-N")
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared evaluation context: the tokens, their counts, the device
+# --------------------------------------------------------------------------------------------------
+
+
+class EvalContext:
+    """What every row is evaluated on: the same ids, byte/word counts and device."""
+
+    def __init__(self, params):
+        import numpy as np
+
+        from hamt.data import load_split, read_meta
+        from hamt.evaluate import eval_counts, resolve_device
+
+        cp = params.compare
+        self.params = params
+        self.tokens_dir = Path(params.tokenizer.tokens_dir)
+        self.meta = read_meta(self.tokens_dir)
+        split = cp.eval_split
+        ids = load_split(self.tokens_dir, split, self.meta)
+        n_total = len(ids)
+        n = min(n_total, cp.eval_max_tokens) if cp.eval_max_tokens else n_total
+        if n < 2:
+            raise DataError(f"the {split} split has {n_total} tokens; compare needs at least 2")
+        self.ids = np.asarray(ids[:n], dtype=np.int64)
+        self.split = split
+        self.counts = eval_counts(self.meta["splits"][split], n)
+        self.device = resolve_device(params.train.device)
+        self.tokenizer_kind = (self.meta.get("tokenizer") or {}).get("kind")
+        self.vocab_size = int(self.meta["vocab_size"])
+
+    def is_gpt2_bpe(self) -> bool:
+        return self.tokenizer_kind == "gpt2" and self.vocab_size == 50257
+
+    def text(self) -> str:
+        """The evaluated ids decoded back to text (for models with their own tokenizer)."""
+        from hamt.tokenize import load_tokenizer
+
+        return load_tokenizer(self.tokens_dir).decode(self.ids.tolist(), skip_special_tokens=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# One baseline
+# --------------------------------------------------------------------------------------------------
+
+
+def run_baseline(params, name: str, *, ctx: EvalContext | None = None, progress: bool = False) -> dict:
+    """Evaluate one model of the registry (or ``ablation-<switch>``, or ``hamt``) into one row."""
+    kind = kind_of(name)
+    t0 = time.perf_counter()
+    try:
+        ctx = ctx or EvalContext(params)
+        if kind == "pretrained":
+            row = _run_pretrained(params, name, ctx, progress)
+        else:
+            row = _run_trained(params, name, kind, ctx, progress)
+    except HAMTError as e:
+        row = skipped(name, kind, str(e))
+    except Exception as e:  # noqa: BLE001  recorded in the row and printed, never dropped
+        row = empty_row(name, kind)
+        row.update(status="failed", reason=f"{type(e).__name__}: {_first_line(e)}")
+        _log(f"{name} failed:\n{traceback.format_exc()}")
+    row["seconds"] = time.perf_counter() - t0
+    row.setdefault("what", _describe(name))
+    if row["status"] != "ok":
+        _log(f"{name}: {row['status']} ({row['reason']})")
+    return row
+
+
+def _describe(name: str) -> str:
+    if name.startswith(ABLATION_PREFIX):
+        return f"HAMT with {name[len(ABLATION_PREFIX):]}, same budget"
+    return REGISTRY.get(name, {}).get("what", "")
+
+
+def _train_summary(params, name: str) -> dict:
+    import json
+
+    path = Path(params.train.results_dir) / name / "metrics.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+    return {}
+
+
+def model_config_for(params, name: str, vocab_size: int):
+    """The config ``hamt.train.train`` builds ``name`` from (None: the trainer's default for it)."""
+    kind = kind_of(name)
+    if kind == "ablation":
+        return params.model_config(vocab_size=vocab_size, **ablation_overrides(name[len(ABLATION_PREFIX):]))
+    if kind == "scratch" and REGISTRY[name]["scale"] != 1.0:
+        from hamt.baselines import matched_gpt2_config
+        from hamt.config import count_parameters
+
+        hamt_cfg = params.model_config(vocab_size=vocab_size)
+        n_pos = max(params.train.seq_len, hamt_cfg.max_position_embeddings)
+        return matched_gpt2_config(hamt_cfg, n_positions=n_pos,
+                                   target=int(REGISTRY[name]["scale"] * count_parameters(hamt_cfg)))
+    return None  # hamt: params.model; gpt2-scratch: the trainer's matched baseline_config
+
+
+def _run_trained(params, name: str, kind: str, ctx: EvalContext, progress: bool) -> dict:
+    final = Path(params.train.out_dir) / name / "final"
+    if not (final / "config.json").is_file():
+        if kind == "hamt":
+            return skipped(name, kind, f"no trained HAMT in {final}; run `hamt train` first")
+        from hamt.train import train
+
+        _log(f"{name}: no model in {final}; training it with the same budget (train.max_steps={params.train.max_steps})")
+        train(params, name=name, model_config=model_config_for(params, name, ctx.vocab_size))
+    from hamt.generate import load_model
+
+    model = load_model(final, str(ctx.device))
+    if model.config.vocab_size < ctx.vocab_size:
+        return skipped(name, kind, f"{final} has vocab_size {model.config.vocab_size} but the tokens use "
+                                   f"{ctx.vocab_size}; retrain it (delete the folder) after re-tokenizing")
+    summary = _train_summary(params, name)
+    row = empty_row(name, kind)
+    row.update(tokens_seen=summary.get("tokens"), train_steps=summary.get("steps"),
+               trainer_tok_s=summary.get("tokens_per_s"), model_dir=str(final), tokenizer=ctx.tokenizer_kind)
+    if kind == "ablation":
+        row["config"] = ablation_overrides(name[len(ABLATION_PREFIX):])
+    _evaluate_into(row, model, ctx.ids, ctx, progress)
+    if kind == "hamt":
+        row["sample"] = _sample(params, final, ctx)
+    return row
+
+
+def _run_pretrained(params, name: str, ctx: EvalContext, progress: bool) -> dict:
+    spec = REGISTRY[name]
+    if not ctx.is_gpt2_bpe():
+        return skipped(name, "pretrained",
+                       f"tokenizer mismatch: the tokens are {ctx.tokenizer_kind} (vocab {ctx.vocab_size:,}); "
+                       f"pretrained baselines need GPT-2 BPE tokens (tokenizer.kind=gpt2)")
+    source = params.compare.local_models.get(name) or spec["hub"]
+    if name in params.compare.local_models and not Path(source).is_dir():
+        return skipped(name, "pretrained", f"compare.local_models.{name}: {source} is not a folder")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001  offline / missing / not a causal LM: a skipped row with the reason
+        return skipped(name, "pretrained", f"not available ({'local folder' if source != spec['hub'] else 'hub, offline?'}: "
+                                           f"{source}): {type(e).__name__}: {_first_line(e)}")
+    model = model.to(ctx.device).eval()
+    row = empty_row(name, "pretrained")
+    row.update(model_dir=str(source), tokenizer="gpt2")
+    ids = ctx.ids
+    if spec["tokenizer"] == "own":
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(source)
+        except Exception as e:  # noqa: BLE001
+            return skipped(name, "pretrained", f"its own tokenizer is not available ({source}): {_first_line(e)}")
+        import numpy as np
+
+        ids = np.asarray(tok(ctx.text(), add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int64)
+        row["tokenizer"] = f"own ({type(tok).__name__}, vocab {len(tok):,}); ppl is per own token"
+        _evaluate_into(row, model, ids, ctx, progress, vocab=len(tok))
+        return row
+    _evaluate_into(row, model, ids, ctx, progress)
+    return row
+
+
+def _evaluate_into(row: dict, model, ids, ctx: EvalContext, progress: bool, vocab: int | None = None) -> None:
+    """Fill a row with every metric of ``hamt.evaluate`` measured on ``model``."""
+    import torch
+
+    from hamt import evaluate as ev
+    from hamt.recall import recall_accuracy
+
+    cp, tp = ctx.params.compare, ctx.params.train
+    ids_t = torch.as_tensor(ids)
+    limit = ev.max_context(model)
+    context = min(cp.eval_context, limit) if limit else cp.eval_context
+    stride = min(cp.eval_stride, context)
+    row["params"] = sum(p.numel() for p in model.parameters())
+    m = ev.evaluate_lm(model, ids_t, context=context, stride=stride, n_bytes=ctx.counts["bytes"],
+                       n_words=ctx.counts["words"], batch_size=cp.eval_batch_size, device=ctx.device,
+                       progress=progress, desc=f"eval {row['name']}")
+    row.update(loss=m["loss"], ppl=m["ppl"], bpb=m["bpb"], word_ppl=m["word_ppl"], eval_tokens=m["tokens"],
+               eval_split=ctx.split, counts_note=ctx.counts["counts_note"], eval_context=context, eval_stride=stride)
+    row.update(ev.memory_diagnostics(model, ids_t, context=context, device=ctx.device))
+    if ev.is_hamt(model):
+        row["hamt_switches"] = {k: getattr(model.config, k) for k in
+                                ("use_gating", "use_auxiliary_loss", "conv_kernel", "num_slots")}
+    batch = tp.micro_batch_size
+    tr = ev.train_throughput(model, batch, context, device=ctx.device, steps=cp.throughput_steps)
+    inf = ev.inference_throughput(model, batch, context, device=ctx.device, steps=cp.throughput_steps)
+    row.update(train_tok_s=tr["tokens_per_s"], peak_mem_mb=tr["peak_mem_mb"], mem_source=tr["mem_source"],
+               train_mem_delta_mb=tr["mem_delta_mb"], infer_mem_delta_mb=inf["mem_delta_mb"],
+               infer_tok_s=inf["tokens_per_s"], infer_peak_mem_mb=inf["peak_mem_mb"], probe_batch=batch,
+               probe_seq_len=context)
+    # The row's decoding numbers are taken where prompt + new tokens fill the evaluation context, a
+    # length every model evaluated here can hold; the profile over decode_contexts goes to the plot.
+    ref = max(1, cp.eval_context - cp.decode_tokens)
+    contexts = sorted(set(cp.decode_contexts) | {ref})
+    decode = ev.decode_profile(model, contexts, new_tokens=cp.decode_tokens, device=ctx.device)
+    row["decode"] = decode
+    at = next((d for d in decode if d["context"] == ref and d["status"] == "ok"), None)
+    if at is not None:
+        row.update(decode_tok_s=at["decode_tok_s"], decode_ms_per_token=at["ms_per_token"], state_bytes=at["state_bytes"],
+                   decode_context=ref)
+    # Zero-shot recall uses the ids the model was trained on (its embedding may be padded beyond them).
+    vocab = min(vocab or ctx.vocab_size, int(model.get_output_embeddings().weight.shape[0]))
+    pairs = [n for n in cp.recall_pairs if limit is None or 4 * n <= limit]
+    rec = recall_accuracy(model, vocab, pairs=pairs, n_samples=cp.recall_samples, device=ctx.device)
+    row["recall"] = rec
+    row["recall_acc"] = sum(r["accuracy"] for r in rec) / len(rec) if rec else None
+    del model
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _sample(params, model_dir: Path, ctx: EvalContext) -> dict:
+    """A greedy continuation of a fixed prompt: the "text generation works" check."""
+    from hamt.generate import generate_text
+
+    prompt = "The"
+    try:
+        text = generate_text(model_dir, ctx.tokens_dir, prompt, max_new_tokens=params.compare.generate_tokens,
+                             temperature=0.0, device=str(ctx.device))
+    except Exception as e:  # noqa: BLE001
+        return {"status": "failed", "prompt": prompt, "reason": f"{type(e).__name__}: {_first_line(e)}"}
+    new = text[len(prompt):] if text.startswith(prompt) else text
+    words = new.split()
+    return {"status": "ok", "prompt": prompt, "text": text, "new_tokens": params.compare.generate_tokens,
+            "new_chars": len(new), "distinct_word_ratio": len(set(words)) / len(words) if words else 0.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# Architecture probes: associative recall and speed against sequence length
+# --------------------------------------------------------------------------------------------------
+
+
+def recall_probe(params, *, device=None) -> dict:
+    """Small HAMT and matched GPT-2 (the profile's sizes, MQAR vocabulary) trained on MQAR; accuracy vs pairs."""
+    cp = params.compare
+    if cp.recall_train_steps == 0:
+        return {"status": "skipped", "reason": "compare.recall_train_steps is 0"}
+    from hamt import evaluate as ev
+    from hamt.baselines import matched_gpt2_config
+    from hamt.recall import min_seq_len, train_recall
+
+    device = device or ev.resolve_device(params.train.device)
+    T = min_seq_len(max(cp.recall_pairs))
+    hamt_cfg = params.model_config(vocab_size=cp.recall_vocab)
+    gpt_cfg = matched_gpt2_config(hamt_cfg, n_positions=T)
+    gpt_cfg.resid_pdrop = gpt_cfg.embd_pdrop = gpt_cfg.attn_pdrop = 0.0
+
+    def build(cfg):
+        import hamt.model  # noqa: F401
+        from transformers import AutoModelForCausalLM
+
+        return lambda: AutoModelForCausalLM.from_config(cfg)
+
+    out = {"status": "ok", "steps": cp.recall_train_steps, "vocab_size": cp.recall_vocab, "seq_len": T,
+           "pairs": list(cp.recall_pairs), "device": str(device), "models": {}}
+    for arch, cfg in (("hamt", hamt_cfg), ("gpt2", gpt_cfg)):
+        _log(f"recall probe: training a small {arch} on MQAR for {cp.recall_train_steps} steps")
+        r = train_recall(build(cfg), vocab_size=cp.recall_vocab, n_pairs=list(cp.recall_pairs), seq_len=T,
+                         steps=cp.recall_train_steps, device=device)
+        out["models"][arch] = {"params": sum(p.numel() for p in r["model"].parameters()), "accuracy": r["accuracy"],
+                               "chance": r["chance"], "rows": r["rows"], "first_loss": r["first_loss"],
+                               "final_loss": r["final_loss"], "seconds": r["seconds"]}
+    return out
+
+
+def speed_probe(params, *, device=None) -> dict:
+    """Training / inference tokens/s and peak memory against sequence length, fresh HAMT vs matched GPT-2.
+
+    Weights do not change the cost, so no checkpoint is needed; every step holds the same number of
+    tokens (``train.micro_batch_size x compare.eval_context``), the batch shrinking as sequences grow.
+    """
+    cp = params.compare
+    if not cp.speed_seq_lens:
+        return {"status": "skipped", "reason": "compare.speed_seq_lens is empty"}
+    import hamt.model  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    from hamt import evaluate as ev
+    from hamt.baselines import matched_gpt2_config
+    from hamt.data import read_meta
+
+    device = device or ev.resolve_device(params.train.device)
+    vocab = int(read_meta(params.tokenizer.tokens_dir)["vocab_size"])
+    hamt_cfg = params.model_config(vocab_size=vocab)
+    gpt_cfg = matched_gpt2_config(hamt_cfg, n_positions=max(cp.speed_seq_lens))
+    budget = params.train.micro_batch_size * cp.eval_context
+    rows = []
+    for arch, cfg in (("hamt", hamt_cfg), ("gpt2", gpt_cfg)):
+        model = AutoModelForCausalLM.from_config(cfg).to(device)
+        n_params = sum(p.numel() for p in model.parameters())
+        for T in cp.speed_seq_lens:
+            batch = max(1, budget // T)
+            row = {"model": arch, "params": n_params, "seq_len": T, "batch": batch}
+            try:
+                inf = ev.inference_throughput(model, batch, T, device=device, steps=cp.throughput_steps)
+                tr = ev.train_throughput(model, batch, T, device=device, steps=cp.throughput_steps)
+                row.update(status="ok", infer_tok_s=inf["tokens_per_s"], infer_peak_mem_mb=inf["peak_mem_mb"],
+                           infer_mem_delta_mb=inf["mem_delta_mb"], train_tok_s=tr["tokens_per_s"],
+                           train_peak_mem_mb=tr["peak_mem_mb"], train_mem_delta_mb=tr["mem_delta_mb"],
+                           mem_source=tr["mem_source"])
+            except Exception as e:  # noqa: BLE001  e.g. out of memory at long sequences: recorded
+                row.update(status="failed", reason=f"{type(e).__name__}: {_first_line(e)}")
+            rows.append(row)
+        del model
+    return {"status": "ok", "device": str(device), "tokens_per_step": budget, "rows": rows}
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+
+
+def names_to_run(params, baselines: list[str] | None = None) -> list[str]:
+    """HAMT, the baselines (compare.baselines unless given) and the ablations, each once, in order."""
+    names = ["hamt"] + list(params.compare.baselines if baselines is None else baselines)
+    names += [ABLATION_PREFIX + a for a in params.compare.ablations]
+    for n in names:
+        kind_of(n)  # unknown names fail before any work
+    return list(dict.fromkeys(names))
+
+
+def compare(params, baselines: list[str] | None = None, *, rows: list[dict] | None = None,
+            progress: bool = False) -> dict:
+    """Evaluate HAMT, the baselines and the ablations; run the probes; write ``compare.out_dir``.
+
+    ``rows``: rows already computed by ``run_baseline`` (e.g. by the flow's foreach); only the
+    probes then run here.
+    """
+    names = names_to_run(params, baselines)
+    if rows is None:
+        try:
+            ctx = EvalContext(params)
+        except HAMTError as e:
+            ctx, rows = None, [skipped(n, kind_of(n), str(e)) for n in names]
+        if ctx is not None:
+            rows = []
+            for n in names:
+                _log(f"compare: {n}")
+                rows.append(run_baseline(params, n, ctx=ctx, progress=progress))
+    _log("compare: recall probe (MQAR)")
+    recall = _guard(recall_probe, params)
+    _log("compare: speed probe")
+    speed = _guard(speed_probe, params)
+    for row in rows:
+        arch = "hamt" if row["kind"] == "hamt" else ("gpt2" if row["name"] == "gpt2-scratch" else None)
+        if arch and recall.get("status") == "ok":
+            row["mqar_trained_acc"] = recall["models"][arch]["accuracy"]
+    result = {"rows": rows, "recall": recall, "speed": speed, "env": environment(params),
+              "eval": {"split": params.compare.eval_split, "context": params.compare.eval_context,
+                       "stride": params.compare.eval_stride, "max_tokens": params.compare.eval_max_tokens}}
+    write_results(params, result)
+    return result
+
+
+def _guard(fn, params) -> dict:
+    try:
+        return fn(params)
+    except HAMTError as e:
+        return {"status": "skipped", "reason": str(e)}
+    except Exception as e:  # noqa: BLE001
+        _log(traceback.format_exc())
+        return {"status": "failed", "reason": f"{type(e).__name__}: {_first_line(e)}"}
+
+
+def environment(params) -> dict:
+    import torch
+    import transformers
+
+    from hamt.evaluate import device_name, resolve_device
+
+    dev = resolve_device(params.train.device)
+    return {"device": str(dev), "device_name": device_name(dev), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "profile": params.profile, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_results(params, result: dict) -> None:
+    from hamt.report import write_bytes_atomic, write_json as write_json_atomic
+
+    out = Path(params.compare.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "results.json", {k: result[k] for k in ("rows", "env", "eval")})
+    write_json_atomic(out / "recall.json", result["recall"])
+    write_json_atomic(out / "speed.json", result["speed"])
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in result["rows"]:
+        w.writerow({k: _csv_value(row.get(k)) for k in COLUMNS})
+    write_bytes_atomic(out / "results.csv", buf.getvalue().encode("utf-8"))
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return "" if v is None else v
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text summary of the rows for the terminal."""
+    head = f"{'model':28s} {'status':8s} {'params':>11s} {'ppl':>9s} {'bpb':>7s} {'word ppl':>10s} {'recall':>7s}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"{r['name']:28s} {r['status']:8s} {r['reason']}")
+            continue
+        lines.append(f"{r['name']:28s} {'ok':8s} {r['params']:>11,} {_f(r['ppl'], 2):>9s} {_f(r['bpb'], 3):>7s} "
+                     f"{_f(r['word_ppl'], 1):>10s} {_f(r['recall_acc'], 3):>7s}")
+    return "\n".join(lines)
+
+
+def _f(v, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _log(msg: str) -> None:
+    print(f"[compare] {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,185 @@
+"""``hamt compare``: rows for every model, skipped ones with their reason, results files, ablations via the trainer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, make_corpus
+from hamt import compare as cmp
+from hamt.errors import ConfigError
+
+FAST = [
+    "compare.recall_train_steps=4", "compare.speed_seq_lens=[16]", "compare.decode_contexts=[8]",
+    "compare.decode_tokens=2", "compare.recall_pairs=[1, 2]", "compare.recall_samples=4", "compare.throughput_steps=1",
+    "compare.generate_tokens=4", "compare.eval_max_tokens=300",
+]
+
+
+def micro_params(base: Path, *extra: str):
+    from hamt.params import load_params
+
+    sets = [
+        "data.source=local", f"data.local_path={base / 'corpus.txt'}", f"data.raw_dir={base / 'raw'}",
+        f"tokenizer.tokens_dir={base / 'tokens'}", f"train.out_dir={base / 'ckpt'}",
+        f"train.results_dir={base / 'results/train'}", f"compare.out_dir={base / 'results/compare'}",
+        f"validate.out_dir={base / 'results/validate'}", f"report.out_dir={base / 'results'}",
+        f"report.bench_dir={base / 'results/bench'}", "train.device=cpu",
+    ]
+    return load_params(ROOT / "params.yaml", "micro", sets + FAST + list(extra))
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory) -> Path:
+    """Raw text and BPE tokens of a small corpus, shared by the module (read-only afterwards)."""
+    from hamt.data import download
+    from hamt.tokenize import tokenize
+
+    base = tmp_path_factory.mktemp("compare")
+    (base / "corpus.txt").write_text(make_corpus(600), encoding="utf-8")
+    params = micro_params(base)
+    download(params)
+    tokenize(params, progress=False)
+    return base
+
+
+def with_tokens(tokens: Path, tmp_path: Path, *extra: str):
+    """Params reading the shared tokens but writing checkpoints and results under ``tmp_path``."""
+    params = micro_params(tmp_path, *extra)
+    params.tokenizer.tokens_dir = str(tokens / "tokens")
+    params.data.raw_dir = str(tokens / "raw")
+    return params
+
+
+def save_hamt(params, name: str = "hamt"):
+    from hamt.model import HAMTForCausalLM
+
+    model = HAMTForCausalLM(params.model_config())
+    model.save_pretrained(Path(params.train.out_dir) / name / "final")
+    return model
+
+
+def save_gpt2(path: Path, vocab: int = 512, n_positions: int = 64):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab, n_positions=n_positions, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+                     eos_token_id=0)
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+
+
+def test_compare_writes_one_row_per_model_and_skips_with_reasons(tokens, tmp_path):
+    params = with_tokens(tokens, tmp_path)
+    save_hamt(params)
+    save_gpt2(Path(params.train.out_dir) / "gpt2-scratch" / "final")
+    result = cmp.compare(params, baselines=["gpt2-scratch", "gpt2", "EleutherAI/pythia-70m"])
+    rows = {r["name"]: r for r in result["rows"]}
+    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2", "EleutherAI/pythia-70m"]
+    for name in ("hamt", "gpt2-scratch"):
+        r = rows[name]
+        assert r["status"] == "ok", r["reason"]
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("ppl", "bpb", "word_ppl", "train_tok_s", "infer_tok_s"))
+        assert r["eval_tokens"] == 299 and "scaled" in r["counts_note"]
+        assert r["decode_tok_s"] > 0 and r["state_bytes"] > 0 and 0.0 <= r["recall_acc"] <= 1.0
+    assert rows["hamt"]["fidelity"] is not None and rows["hamt"]["slot_active_fraction"] is not None
+    assert rows["hamt"]["sample"]["status"] == "ok" and rows["hamt"]["sample"]["text"].startswith("The")
+    assert rows["gpt2-scratch"]["fidelity"] is None
+    for name in ("gpt2", "EleutherAI/pythia-70m"):
+        assert rows[name]["status"] == "skipped" and "tokenizer mismatch" in rows[name]["reason"]
+        assert rows[name]["ppl"] is None  # never faked
+    # both probes ran and landed in the rows of the two architectures
+    assert result["recall"]["status"] == "ok" and set(result["recall"]["models"]) == {"hamt", "gpt2"}
+    assert rows["hamt"]["mqar_trained_acc"] == result["recall"]["models"]["hamt"]["accuracy"]
+    assert {r["model"] for r in result["speed"]["rows"]} == {"hamt", "gpt2"}
+    # files
+    out = Path(params.compare.out_dir)
+    with open(out / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["name"] for r in table] == list(rows) and list(table[0]) == cmp.COLUMNS
+    assert table[2]["status"] == "skipped" and table[2]["reason"]
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == list(rows) and saved["env"]["device"] == "cpu"
+    assert json.loads((out / "speed.json").read_text())["status"] == "ok"
+
+
+def test_pretrained_offline_and_from_a_local_folder(tokens, tmp_path, monkeypatch):
+    local = tmp_path / "local-gpt2"
+    save_gpt2(local)
+    params = with_tokens(tokens, tmp_path, f"compare.local_models={{gpt2: {local}}}")
+    # Pretend the tokens are GPT-2 BPE so the pretrained path runs (the real check is tested above).
+    monkeypatch.setattr(cmp.EvalContext, "is_gpt2_bpe", lambda self: True)
+    off = cmp.run_baseline(params, "distilgpt2")
+    assert off["status"] == "skipped" and "not available" in off["reason"] and "distilgpt2" in off["reason"]
+    row = cmp.run_baseline(params, "gpt2")
+    assert row["status"] == "ok", row["reason"]
+    assert row["model_dir"] == str(local) and row["ppl"] > 0 and row["tokens_seen"] is None
+
+
+def test_own_tokenizer_models_are_re_tokenized(tokens, tmp_path, monkeypatch):
+    """A Pythia-style model with its own tokenizer folder: the evaluated text is decoded and re-encoded."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from hamt.tokenize import load_hf_tokenizer
+
+    folder = tmp_path / "pythia"
+    tok = load_hf_tokenizer(tokens / "tokens")
+    tok.save_pretrained(folder)
+    cfg = GPTNeoXConfig(vocab_size=512, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
+    GPTNeoXForCausalLM(cfg).save_pretrained(folder)
+    params = with_tokens(tokens, tmp_path, f"compare.local_models={{EleutherAI/pythia-70m: {folder}}}")
+    monkeypatch.setattr(cmp.EvalContext, "is_gpt2_bpe", lambda self: True)
+    row = cmp.run_baseline(params, "EleutherAI/pythia-70m")
+    assert row["status"] == "ok", row["reason"]
+    assert row["tokenizer"].startswith("own")
+    # same tokenizer here, so re-tokenizing the decoded text gives (about) the same number of targets
+    assert abs(row["eval_tokens"] - 299) <= 5
+    assert row["bpb"] > 0 and "scaled" in row["counts_note"]
+
+
+def test_missing_hamt_is_a_skipped_row_and_a_failing_cli(tokens, tmp_path, capsys):
+    params = with_tokens(tokens, tmp_path, "compare.baselines=[]", "compare.recall_train_steps=0",
+                         "compare.speed_seq_lens=[]")
+    row = cmp.run_baseline(params, "hamt")
+    assert row["status"] == "skipped" and "hamt train" in row["reason"]
+
+    class Args:
+        baselines = None
+        no_ablations = True
+
+    assert cmp.cli_compare(params, Args()) == 1
+    assert "HAMT itself was not evaluated" in capsys.readouterr().err
+
+
+def test_ablation_is_trained_through_the_trainer_with_its_switch(tokens, tmp_path):
+    params = with_tokens(tokens, tmp_path, "train.max_steps=3", "train.eval_every=3", "train.ckpt_every=3",
+                         "train.log_every=1", "train.warmup_steps=1")
+    row = cmp.run_baseline(params, "ablation-aux-on")
+    assert row["status"] == "ok", row["reason"]
+    cfg = json.loads((Path(params.train.out_dir) / "ablation-aux-on" / "final" / "config.json").read_text())
+    assert cfg["use_auxiliary_loss"] is True
+    assert row["hamt_switches"]["use_auxiliary_loss"] is True and row["config"] == {"use_auxiliary_loss": True}
+    assert row["tokens_seen"] == 3 * params.train.batch_size * params.train.seq_len and row["train_steps"] == 3
+
+
+def test_registry_names_and_ablation_switches():
+    assert cmp.ablation_overrides("gating-off") == {"use_gating": False}
+    assert cmp.ablation_overrides("slots-8") == {"num_slots": 8}
+    assert cmp.ablation_overrides("conv-off") == {"conv_kernel": 0}
+    with pytest.raises(ConfigError):
+        cmp.ablation_overrides("dropout-on")
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        cmp.kind_of("gpt5")
+
+
+def test_unknown_ablation_or_baseline_fails_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="unknown ablation"):
+        micro_params(tmp_path, "compare.ablations=[no-such-switch]")
+    params = micro_params(tmp_path, "compare.baselines=[gpt5]")
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        cmp.compare(params)
+    names = cmp.names_to_run(micro_params(tmp_path, "compare.ablations=[slots-1]", "compare.baselines=[gpt2-scratch]"))
+    assert names == ["hamt", "gpt2-scratch", "ablation-slots-1"]

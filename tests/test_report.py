@@ -1,0 +1,222 @@
+"""``hamt report``: renders from result files, embeds every plot, and the claims ledger follows its inputs."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from hamt import report as rp
+
+S, R, N = rp.SUPPORTED, rp.REFUTED, rp.NOT_MEASURED
+
+
+# ---- a results tree as the other stages write it --------------------------------------------------------
+
+
+def _row(name, kind, params, ppl, bpb, **extra):
+    decode = [{"context": c, "status": "ok", "ms_per_token": 1.0 + c / 100, "decode_tok_s": 500.0,
+               "state_bytes": (4096 if kind in ("hamt", "ablation") else 64 * c), "peak_mem_mb": 400.0}
+              for c in (16, 64, 256)]
+    row = {"name": name, "kind": kind, "status": "ok", "reason": "", "params": params, "tokens_seen": 5120,
+           "ppl": ppl, "bpb": bpb, "word_ppl": ppl * 1.5, "train_tok_s": 1000.0, "decode_tok_s": 500.0,
+           "state_bytes": decode[0]["state_bytes"], "peak_mem_mb": 450.0, "mem_source": "rss_reset",
+           "recall_acc": 0.1, "counts_note": "exact (whole split)", "decode": decode,
+           "recall": [{"n_pairs": n, "seq_len": 4 * n, "accuracy": 0.5 / n, "chance": 0.06} for n in (1, 2, 4)]}
+    row.update(extra)
+    return row
+
+
+def make_results_tree(base: Path):
+    """Result files of train, compare and validate under ``base``; returns matching params."""
+    from hamt.params import load_params
+
+    params = load_params(ROOT / "params.yaml", "micro", [
+        f"tokenizer.tokens_dir={base / 'tokens'}", f"train.results_dir={base / 'results/train'}",
+        f"compare.out_dir={base / 'results/compare'}", f"validate.out_dir={base / 'results/validate'}",
+        f"report.out_dir={base / 'results'}", f"report.bench_dir={base / 'results/bench'}",
+    ])
+    for i, name in enumerate(("hamt", "gpt2-scratch")):
+        d = base / "results/train" / name
+        d.mkdir(parents=True)
+        with open(d / "log.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "tokens", "train_loss", "val_loss", "tokens_per_s"])
+            for s in range(1, 11):
+                w.writerow([s, s * 256, 6.0 - 0.2 * s - 0.1 * i, (5.0 - 0.1 * s) if s % 5 == 0 else "", 1000])
+        (d / "metrics.json").write_text(json.dumps({"steps": 10, "max_steps": 10, "tokens": 2560, "train_time_s": 3.0,
+                                                    "tokens_per_s": 850.0, "peak_mem_mb": 400.0, "device": "cpu"}))
+    sw = {"use_gating": True, "use_auxiliary_loss": False, "conv_kernel": 4, "num_slots": 2}
+    rows = [
+        _row("hamt", "hamt", 44_000, 130.0, 1.27, fidelity=0.5, slot_active_fraction=1.0, slot_entropy=0.99,
+             hamt_switches=sw, sample={"status": "ok", "text": "The gate of the city", "new_tokens": 4, "new_chars": 17,
+                                       "distinct_word_ratio": 1.0}),
+        _row("gpt2-scratch", "scratch", 41_000, 110.0, 1.22),
+        {"name": "gpt2", "kind": "pretrained", "status": "skipped", "reason": "tokenizer mismatch: bpe tokens"},
+        _row("ablation-aux-on", "ablation", 44_000, 129.0, 1.26, fidelity=0.9, slot_active_fraction=1.0,
+             hamt_switches={**sw, "use_auxiliary_loss": True}),
+    ]
+    cdir = base / "results/compare"
+    cdir.mkdir(parents=True)
+    env = {"device": "cpu", "device_name": "CPU: test", "torch": "x", "transformers": "y", "time": "now"}
+    (cdir / "results.json").write_text(json.dumps({"rows": rows, "env": env,
+                                                   "eval": {"split": "test", "context": 32, "stride": 16, "max_tokens": 0}}))
+    (cdir / "recall.json").write_text(json.dumps({"status": "ok", "steps": 20, "vocab_size": 32, "seq_len": 16,
+                                                  "models": {a: {"params": 1000, "accuracy": acc, "chance": 1 / 16, "seconds": 1.0,
+                                                                 "rows": [{"n_pairs": n, "accuracy": acc / n} for n in (1, 2, 4)]}
+                                                             for a, acc in (("hamt", 0.6), ("gpt2", 0.8))}}))
+    (cdir / "speed.json").write_text(json.dumps({"status": "ok", "device": "cpu", "rows": [
+        {"model": m, "seq_len": T, "batch": 1, "status": "ok", "train_tok_s": f * 1000 / T ** 0.5, "infer_tok_s": f * 3000,
+         "train_peak_mem_mb": 400 + T / 10 * f, "infer_peak_mem_mb": 380.0, "mem_source": "rss_reset"}
+        for m, f in (("hamt", 1.0), ("gpt2", 2.0)) for T in (128, 512, 1024)]}))
+    vdir = base / "results/validate"
+    vdir.mkdir(parents=True)
+    (vdir / "metrics.json").write_text(json.dumps({"passed": True, "reasons": [], "checks": {
+        "loss_drop": {"passed": True, "detail": "6.0 -> 4.0"}, "generation": {"passed": True, "detail": "ok"}}}))
+    return params
+
+
+@pytest.fixture
+def fake_presets(monkeypatch):
+    monkeypatch.setattr(rp, "preset_parameter_counts", lambda: {"33m": 32_698_144, "100m": 108_197_504})
+
+
+# ---- rendering ----------------------------------------------------------------------------------------------
+
+
+def test_report_renders_md_html_and_metrics_with_every_plot_embedded(tmp_path, fake_presets):
+    params = make_results_tree(tmp_path)
+    out = rp.report(params)
+    html = Path(out["html"]).read_text()
+    md = Path(out["md"]).read_text()
+    assert set(out["plots"]) == {k for k, _c, _f in rp.PLOTS} and not out["notes"]
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert len(images) == len(rp.PLOTS)
+    for b64 in images:
+        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing fetched
+    for key, path in out["plots"].items():
+        assert Path(path).is_file() and f"(plots/{key}.png)" in md
+    # the ledger and the skipped baseline with its reason are in both documents
+    for doc in (md, html):
+        assert "Claims ledger" in doc and "tokenizer mismatch: bpe tokens" in doc
+        assert doc.count(S) >= 1 and doc.count(R) >= 1
+    metrics = json.loads(Path(out["metrics"]).read_text())
+    assert metrics["models"]["hamt"]["ppl"] == 130.0 and metrics["validate_passed"] is True
+    assert sum(metrics["claims"].values()) == len(rp.CLAIMS)
+
+
+def test_missing_results_skip_plots_with_a_note(tmp_path, fake_presets):
+    params = make_results_tree(tmp_path)
+    for f in ("speed.json", "recall.json", "results.json"):
+        (tmp_path / "results/compare" / f).unlink()
+    out = rp.report(params)
+    assert set(out["plots"]) == {"loss_curves"}
+    html = Path(out["html"]).read_text()
+    assert html.count("data:image/png;base64,") == 1 and "plot skipped" in html
+    assert "No comparison results" in Path(out["md"]).read_text()
+
+
+def test_preset_parameter_counts_are_exact_model_counts():
+    counts = rp.preset_parameter_counts()
+    assert set(counts) >= {"33m", "100m"} and all(isinstance(v, int) and v > 1e6 for v in counts.values())
+
+
+# ---- the ledger: verdicts follow the results ----------------------------------------------------------------
+
+
+def base_results() -> dict:
+    rows = [
+        _row("hamt", "hamt", 40e6, 25.0, 0.90, fidelity=0.5, slot_active_fraction=1.0, slot_entropy=0.99,
+             hamt_switches={"use_gating": True, "use_auxiliary_loss": False, "conv_kernel": 4, "num_slots": 8},
+             sample={"status": "ok", "text": "The city", "new_tokens": 4, "new_chars": 5, "distinct_word_ratio": 1.0}),
+        _row("gpt2-scratch", "scratch", 40e6, 27.0, 0.95),
+        _row("gpt2-scratch-2x", "scratch", 80e6, 24.0, 0.89),
+        _row("ablation-aux-on", "ablation", 40e6, 25.0, 0.90, fidelity=0.9,
+             hamt_switches={"use_gating": True, "use_auxiliary_loss": True, "conv_kernel": 4, "num_slots": 8}),
+    ]
+    speed = [{"model": m, "seq_len": T, "status": "ok", "train_tok_s": f, "infer_tok_s": f}
+             for m, f in (("hamt", 3000.0), ("gpt2", 1000.0)) for T in (512, 1024, 2048)]
+    log = [{"step": s, "tokens": s * 1000, "train_loss": 7.04 - 0.5 * s, "val_loss": 1.8 if s == 10 else None}
+           for s in range(1, 11)]
+    return {
+        "profile": "100m", "model": {"preset": "100m"}, "dataset": "wikitext-103-raw-v1", "tokenizer": "gpt2",
+        "presets": {"33m": 33_670_000, "100m": 101_000_000},
+        "compare": {"rows": rows, "env": {"device": "cuda", "device_name": "NVIDIA A100-SXM4-80GB"},
+                    "eval": {"split": "test", "max_tokens": 0}},
+        "speed": {"rows": speed},
+        "train": {"hamt": {"log": log, "metrics": {"tokens_per_s": 5000.0, "steps": 10, "max_steps": 10, "train_time_s": 300,
+                                                   "peak_mem_mb": 8000.0, "device": "cuda", "batch_size": 128,
+                                                   "seq_len": 1024}}},
+        "train_params": {"max_steps": 10, "batch_size": 128, "seq_len": 1024},
+    }
+
+
+def verdicts(results: dict) -> dict[str, str]:
+    return {c["claim"]: c["verdict"] for c in rp.claims_ledger(results)}
+
+
+def find(results: dict, word: str) -> str:
+    matches = [k for k in verdicts(results) if word in k]
+    assert len(matches) == 1, (word, matches)
+    return matches[0]
+
+
+def test_every_claim_supported_when_the_results_support_it():
+    v = verdicts(base_results())
+    assert len(v) == 13
+    # loss drop: the base run is 100m, not the claim's 33m preset, so it stays not measured
+    assert {k: x for k, x in v.items() if x != S} == {find(base_results(), "74%"): N}
+
+
+FLIPS = [
+    ("33.67M", lambda r: r["presets"].update({"33m": 32_698_144}), R),
+    ("~100M", lambda r: r["presets"].update({"100m": 130_000_000}), R),
+    ("WikiText-103", lambda r: r["compare"]["rows"][0].update(ppl=40.0), R),
+    ("WikiText-103", lambda r: r.update(model={"preset": "tiny"}) or r["compare"]["rows"][0].update(ppl=40.0), N),
+    ("WikiText-103", lambda r: r.update(tokenizer="bpe"), N),
+    ("4,000", lambda r: r["train"]["hamt"]["metrics"].update(tokens_per_s=3000.0), R),
+    ("4,000", lambda r: r["compare"]["env"].update(device_name="CPU: AMD EPYC"), N),
+    ("6 h", lambda r: r["train"]["hamt"]["metrics"].update(train_time_s=7 * 3600), R),
+    ("10 GB", lambda r: r["train"]["hamt"]["metrics"].update(peak_mem_mb=12000.0), R),
+    ("10 GB", lambda r: r["train"]["hamt"]["metrics"].update(device="cpu"), N),
+    ("constant memory", lambda r: r["compare"]["rows"][0]["decode"][-1].update(state_bytes=9999), R),
+    ("speedup", lambda r: r["speed"]["rows"][4].update(train_tok_s=2000.0), R),
+    ("speedup", lambda r: r["speed"].update(rows=[x for x in r["speed"]["rows"] if x["seq_len"] < 1024]), N),
+    ("fewer parameters", lambda r: r["compare"]["rows"][2].update(bpb=0.80), R),
+    ("fewer parameters", lambda r: r["compare"]["rows"].pop(2), N),
+    ("fewer parameters", lambda r: r["compare"]["rows"].pop(2) and r["compare"]["rows"][1].update(bpb=0.80), R),
+    ("slot", lambda r: r["compare"]["rows"][0].update(slot_active_fraction=0.75), R),
+    ("auxiliary", lambda r: r["compare"]["rows"][3].update(fidelity=0.6), R),
+    ("auxiliary", lambda r: r["compare"]["rows"].pop(3), N),
+    ("generation", lambda r: r["compare"]["rows"][0]["sample"].update(status="failed", reason="boom"), R),
+    ("74%", lambda r: r.update(model={"preset": "33m"}), S),
+    ("74%", lambda r: r.update(model={"preset": "33m"}) or r["train"]["hamt"]["log"][-1].update(val_loss=3.0)
+     or r["train"]["hamt"]["metrics"].update(train_time_s=600), R),
+]
+
+
+@pytest.mark.parametrize("word,flip,expected", FLIPS)
+def test_flipping_an_input_flips_the_verdict(word, flip, expected):
+    base = base_results()
+    claim = find(base, word)
+    before = verdicts(base)[claim]
+    changed = copy.deepcopy(base)
+    flip(changed)
+    assert verdicts(changed)[claim] == expected
+    assert before != expected or expected == S
+
+
+def test_ledger_is_pure_and_handles_empty_results():
+    r = base_results()
+    snapshot = copy.deepcopy(r)
+    rp.claims_ledger(r)
+    assert r == snapshot
+    empty = rp.claims_ledger({})
+    assert len(empty) == 13 and all(c["verdict"] == N for c in empty)
