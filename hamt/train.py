@@ -14,9 +14,16 @@ checkpoints (``hamt.checkpoint``) and a final ``save_pretrained`` export. Output
     <train.results_dir>/<name>/train.log               events: resumes, fallbacks, interruptions
 
 Reproducibility: a run resumed from a checkpoint (``--resume``) ends with bitwise-identical weights to
-an uninterrupted run on the same device and seed, because the checkpoint carries the RNG states and
-the data loader's position, and nothing else in the loop draws random numbers (evaluation uses its
-own fixed-seed windows). SIGINT/SIGTERM save a checkpoint at the next step boundary and exit cleanly.
+an uninterrupted run with the same seed on the CPU (tested), because the checkpoint carries the RNG
+states and the data loader's position, and nothing else in the loop draws random numbers (evaluation
+uses its own fixed-seed windows). On CUDA the same holds only as far as the kernels are deterministic
+(atomics in some backward kernels are not). SIGINT/SIGTERM save a checkpoint at the next step
+boundary and exit cleanly (exit status 128 + signal number from the CLI) with a message saying how
+to resume; a second Ctrl-C stops at once. Throughput counts only timed training steps (not
+evaluation, checkpoints or the first, compiling, step).
+
+Not covered: under DDP an out-of-memory error stops the run (the other ranks wait in a collective,
+so the ladder runs single-process only), and an OOM during evaluation is not caught.
 
 The fallback ladder (``params.fallback``): on out-of-memory, halve the micro-batch (the effective
 batch stays, through accumulation) down to ``min_micro_batch_size``, then turn on gradient
@@ -789,6 +796,7 @@ class Trainer:
             # The remaining steps draw windows of the new length from a loader seeded by this step.
             L.loader_seed = self.tp.seed + step
             self.loader = self._make_loader()
+            self.flops_tok = flops_per_token(self.raw_model, self.config, new_seq)  # attention FLOPs follow T
             return x[:, :new_seq].contiguous()
         raise TrainingFailed(
             f"out of memory at step {step} even with micro_batch_size={L.micro_batch_size}, gradient checkpointing "
@@ -1011,6 +1019,7 @@ class Trainer:
             self.ladder = saved
             self._set_gradient_checkpointing(saved.gradient_checkpointing)
             self.loader = self._make_loader()
+            self.flops_tok = flops_per_token(self.raw_model, self.config, saved.seq_len)
             loader_matches = True
         if loader_matches:
             self.loader.load_state_dict(_from_plain_state(state["loader"][self.dist.rank]))
