@@ -57,7 +57,7 @@ def measure(model, optimizer, batch: int, seq_len: int, precision: str, device, 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss)  # syncs
+        return loss.detach().item()  # syncs
 
     for _ in range(warmup):
         step()

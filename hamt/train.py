@@ -723,7 +723,7 @@ class Trainer:
         chunks = x.split(micro)  # accumulation: per_rank_batch / micro chunks of (micro, T)
         n = len(chunks)
         loss_sum = torch.zeros((), device=self.device)
-        fid_sum, fid_n = 0.0, 0
+        fid_sum, fid_n = torch.zeros((), device=self.device), 0  # summed on the device: one sync per step
         for i, xm in enumerate(chunks):
             sync = self.dist.ddp and i < n - 1
             ctx = self.model.no_sync() if sync else contextlib.nullcontext()
@@ -736,7 +736,7 @@ class Trainer:
             self.scaler.scale(loss / n).backward()
             loss_sum += lm.detach().float() / n
             if getattr(out, "fidelity", None) is not None:
-                fid_sum += float(out.fidelity.detach())
+                fid_sum += out.fidelity.detach().float()
                 fid_n += 1
         self._compile_pending = False
         if self.dist.ddp:
@@ -755,7 +755,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         ntok = x.shape[0] * x.shape[1] * self.dist.world_size
-        return loss_val, gnorm, lr, (fid_sum / fid_n if fid_n else None), ntok
+        return loss_val, gnorm, lr, (float(fid_sum) / fid_n if fid_n else None), ntok
 
     # --- fallback ladder -------------------------------------------------------------------------
     def _record(self, step: int, kind: str, old, new, reason: str) -> None:

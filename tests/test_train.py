@@ -165,9 +165,11 @@ def test_mixed_precision_on_cpu(tokens_dir, tmp_path, precision):
     from hamt.checkpoint import load_latest
     from hamt.train import train
 
-    s = train(micro(tokens_dir, tmp_path, f"train.precision={precision}", "train.max_steps=6", "train.log_every=3"))
+    s = train(micro(tokens_dir, tmp_path, f"train.precision={precision}", "train.max_steps=6", "train.log_every=3",
+                    "model.use_auxiliary_loss=true"))
     rows = series(tmp_path)
     assert s["precision"] == precision and all(float(r["train_loss"]) < 7 for r in rows)
+    assert all(0 < float(r["fidelity"]) <= 1 for r in rows)  # the auxiliary loss reports fidelity in training
     state, _ = load_latest(tmp_path / "ckpt" / "hamt")
     assert state["scaler"].get("scale", None) is not None if precision == "fp16" else state["scaler"] == {}
 
@@ -287,3 +289,12 @@ def test_batch_geometry_and_fault_spec_errors(tokens_dir, tmp_path):
         micro(tokens_dir, tmp_path, "train.micro_batch_size=3")
     with pytest.raises(ConfigError, match="HAMT_FAULTS"):
         EnvFaults("oom@x")
+
+
+def test_bench_train_prints_a_table(capsys):
+    from hamt.bench_train import main
+
+    assert main(["--profiles", "micro", "--reps", "1", "--steps", "1", "--warmup", "0", "--precisions", "fp32",
+                 "--params", str(ROOT / "params.yaml"), "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "| micro | HAMT |" in table and "| micro | GPT-2 (matched) |" in table
