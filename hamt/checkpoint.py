@@ -67,10 +67,16 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
 
 def remove_stale_temps(ckpt_dir: str | Path) -> list[Path]:
     """Delete temp files left by a process killed while writing (only the writer calls this)."""
+    import shutil
+
     d = Path(ckpt_dir)
-    stale = [p for p in d.iterdir() if p.name.startswith(".") and _TMP_MARK in p.name] if d.is_dir() else []
+    stale = [p for p in d.iterdir() if p.name.startswith(".") and (_TMP_MARK in p.name or ".old." in p.name)] \
+        if d.is_dir() else []
     for p in stale:
-        p.unlink(missing_ok=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)  # an unfinished final/ export
+        else:
+            p.unlink(missing_ok=True)
     return stale
 
 

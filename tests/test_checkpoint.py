@@ -120,10 +120,13 @@ def test_interrupted_write_is_never_loaded(tmp_path):
     with pytest.raises(Killed):
         ck.save_checkpoint(_state(2), tmp_path, 20, write_hook=die)
     (tmp_path / ".step_00000020.pt.tmp.999").write_bytes(b"partial")  # what a real kill would leave
+    (tmp_path / ".final.tmp.999").mkdir()  # ... or an unfinished save_pretrained export
+    (tmp_path / ".final.tmp.999" / "config.json").write_text("{}")
     state, path = ck.load_latest(tmp_path)
     assert path.name == "step_00000010.pt"
-    assert ck.remove_stale_temps(tmp_path)
+    assert len(ck.remove_stale_temps(tmp_path)) == 3
     assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]
+    assert ck.verify(ck.checkpoint_path(tmp_path, 10)) is None
 
 
 def test_rng_state_roundtrip_through_a_checkpoint(tmp_path):
