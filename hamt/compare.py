@@ -185,6 +185,8 @@ def run_baseline(params, name: str, *, ctx: EvalContext | None = None, progress:
             row = _run_trained(params, name, kind, ctx, progress)
     except HAMTError as e:
         row = skipped(name, kind, str(e))
+        if type(e).__name__ == "TrainingFailed":  # the baseline could not be trained: a failure, not a skip
+            row["status"] = "failed"
     except Exception as e:  # noqa: BLE001  recorded in the row and printed, never dropped
         row = empty_row(name, kind)
         row.update(status="failed", reason=f"{type(e).__name__}: {_first_line(e)}")
@@ -238,7 +240,10 @@ def _run_trained(params, name: str, kind: str, ctx: EvalContext, progress: bool)
         from hamt.train import train
 
         _log(f"{name}: no model in {final}; training it with the same budget (train.max_steps={params.train.max_steps})")
-        train(params, name=name, model_config=model_config_for(params, name, ctx.vocab_size))
+        # resume=True continues an interrupted earlier attempt (a fresh start when there is none)
+        summary = train(params, resume=True, name=name, model_config=model_config_for(params, name, ctx.vocab_size))
+        if summary.get("interrupted"):  # SIGINT/SIGTERM: the trainer saved a checkpoint; stop the whole stage
+            raise KeyboardInterrupt(f"training {name} was interrupted; `hamt compare` resumes it")
     from hamt.generate import load_model
 
     model = load_model(final, str(ctx.device))

@@ -358,7 +358,7 @@ class CompareParams:
     # MQAR sequences per grid point
     recall_samples: int = 64
     # MQAR training steps of the architecture probe (small HAMT vs small GPT-2 trained on MQAR; 0 skips)
-    recall_train_steps: int = 600
+    recall_train_steps: int = 400
     # MQAR vocabulary of the architecture probe
     recall_vocab: int = 32
     # new tokens of the HAMT text sample (the "text generation works" check)

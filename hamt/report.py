@@ -272,18 +272,27 @@ def _c_mem(results: dict) -> dict:
 
 def _c_constant_memory(results: dict) -> dict:
     claim, claimed = "constant memory across sequence lengths", "86.10 MB at every length"
-    crit = "HAMT decoding state bytes vary < 1% over contexts spanning ≥ 4x (the 86.10 MB figure is preset-specific)"
-    row = _rows(results).get("hamt")
-    pts = [d for d in (row or {}).get("decode") or [] if d.get("status") == "ok"]
-    if not _ok(row) or len(pts) < 2:
+    crit = ("HAMT decoding state bytes vary < 1% over contexts spanning ≥ 4x (`hamt bench decode` when present, "
+            "else the trained model's decoding profile); the 86.10 MB figure is preset-specific")
+    bench = [r for r in _bench(results, "decode") if "context" in r and r.get("state_bytes") is not None]
+    if any(r.get("model") == "hamt" for r in bench):
+        pts = [{"context": r["context"], "state_bytes": r["state_bytes"]} for r in bench if r.get("model") == "hamt"]
+        gpts = sorted((r for r in bench if r.get("model") == "gpt2"), key=lambda r: r["context"])
+        source = f"hamt bench, {bench[0].get('device', '?')}, preset {bench[0].get('preset', '?')}"
+    else:
+        row = _rows(results).get("hamt")
+        pts = [d for d in (row or {}).get("decode") or [] if d.get("status") == "ok"] if _ok(row) else []
+        gpt = _rows(results).get("gpt2-scratch")
+        gpts = [d for d in (gpt or {}).get("decode") or [] if d.get("status") == "ok"]
+        source = "trained HAMT, compare"
+    if len(pts) < 2:
         return _claim(claim, claimed, crit, NOT_MEASURED, "no decoding profile")
     ctxs, sizes = [d["context"] for d in pts], [d["state_bytes"] for d in pts]
     measured = (f"{_fmt(min(sizes) / 2**20, 3)}–{_fmt(max(sizes) / 2**20, 3)} MB of state at contexts "
-                f"{min(ctxs)}–{max(ctxs)}")
-    gpt = _rows(results).get("gpt2-scratch")
-    gpts = [d for d in (gpt or {}).get("decode") or [] if d.get("status") == "ok"]
+                f"{min(ctxs):,}–{max(ctxs):,}")
     if len(gpts) >= 2:
         measured += f"; GPT-2 KV cache {_fmt(gpts[0]['state_bytes'] / 2**20, 3)}–{_fmt(gpts[-1]['state_bytes'] / 2**20, 3)} MB"
+    measured += f" ({source})"
     if max(ctxs) < 4 * min(ctxs):
         return _claim(claim, claimed, crit, NOT_MEASURED, measured, "contexts span less than 4x")
     return _claim(claim, claimed, crit, SUPPORTED if max(sizes) <= 1.01 * min(sizes) else REFUTED, measured)
@@ -291,7 +300,15 @@ def _c_constant_memory(results: dict) -> dict:
 
 def _c_speedup(results: dict) -> dict:
     claim, claimed = "2–5x speedup on sequences ≥ 1,024 (vs GPT-2)", "2–5x"
-    crit = "training tokens/s of HAMT / matched GPT-2 ≥ 2 at every measured length ≥ 1,024 (speed probe)"
+    crit = ("training tokens/s of HAMT / parameter-matched GPT-2 ≥ 2 at every measured length ≥ 1,024 "
+            "(`hamt bench model` paired medians when present, else compare's speed probe)")
+    bench = [r for r in _bench(results, "model") if r.get("seq_len", 0) >= 1024 and r.get("hamt_speedup_vs_gpt2")]
+    if bench:
+        by_len = {r["seq_len"]: r["hamt_speedup_vs_gpt2"] for r in bench}
+        lens, ratios = sorted(by_len), [by_len[T] for T in sorted(by_len)]
+        measured = ", ".join(f"T={T}: {r:.2f}x" for T, r in zip(lens, ratios))
+        measured += f" (hamt bench, {bench[0].get('device', '?')}, preset {bench[0].get('preset', '?')})"
+        return _claim(claim, claimed, crit, SUPPORTED if min(ratios) >= 2 else REFUTED, measured)
     speed = results.get("speed") or {}
     rows = [r for r in speed.get("rows", []) if r.get("status") == "ok"]
     by = {(r["model"], r["seq_len"]): r for r in rows}
@@ -302,7 +319,7 @@ def _c_speedup(results: dict) -> dict:
     ratios = [by[("hamt", T)]["train_tok_s"] / by[("gpt2", T)]["train_tok_s"] for T in lens]
     inf = [by[("hamt", T)]["infer_tok_s"] / by[("gpt2", T)]["infer_tok_s"] for T in lens]
     measured = ", ".join(f"T={T}: train {r:.2f}x, inference {i:.2f}x" for T, r, i in zip(lens, ratios, inf))
-    measured += f" ({_env(results).get('device_name', speed.get('device', '?'))})"
+    measured += f" (speed probe, {_env(results).get('device_name', speed.get('device', '?'))})"
     return _claim(claim, claimed, crit, SUPPORTED if min(ratios) >= 2 else REFUTED, measured)
 
 
@@ -470,16 +487,25 @@ def plot_quality(results: dict, out: Path) -> Path | str:
     return _save(fig, out / "quality.png")
 
 
+def _bench(results: dict, name: str) -> list[dict]:
+    """Rows of ``results/bench/<name>.json`` (written by ``hamt bench``: a list of dicts), or []."""
+    data = (results.get("bench") or {}).get(name)
+    rows = data.get("rows") if isinstance(data, dict) else data
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
 def _speed_series(results: dict) -> tuple[list[dict], str]:
-    """Rows (model, seq_len, train_tok_s, infer_tok_s, *_peak_mem_mb) from the benchmarks, else the speed probe."""
-    for name, data in (results.get("bench") or {}).items():
-        rows = data.get("rows") if isinstance(data, dict) else data
-        if isinstance(rows, list) and rows and all(isinstance(r, dict) and "seq_len" in r and "model" in r for r in rows):
-            if any(k.endswith("tok_s") or k.endswith("tokens_per_s") for r in rows for k in r):
-                return rows, f"results/bench/{name}.json"
+    """Rows (model, seq_len, train_tok_s, [infer_tok_s], *_peak_mem_mb) from ``hamt bench model``, else the speed probe."""
+    bench = [r for r in _bench(results, "model") if "seq_len" in r and "model" in r and r.get("tokens_per_s")]
+    if bench:
+        rows = [{"model": r["model"], "seq_len": r["seq_len"], "train_tok_s": r["tokens_per_s"],
+                 "train_peak_mem_mb": r.get("peak_mb"), "activation_mb": r.get("activation_mb"),
+                 "mem_source": "cuda_allocator" if "cuda" in str(r.get("peak_how", "")).lower() else "rss",
+                 "speedup": r.get("hamt_speedup_vs_gpt2")} for r in bench]
+        return rows, f"results/bench/model.json (hamt bench model; {bench[0].get('device', '?')}, preset {bench[0].get('preset', '?')})"
     speed = results.get("speed") or {}
     rows = [r for r in speed.get("rows", []) if r.get("status") == "ok"]
-    return rows, "results/compare/speed.json (speed probe)"
+    return rows, "results/compare/speed.json (compare's speed probe)"
 
 
 def _log2_axis(ax, values) -> None:
@@ -512,11 +538,14 @@ def plot_speed(results: dict, out: Path) -> Path | str:
         for key, style in zip(mem_keys, ("-o", "--s")):
             ys = [r.get(key) for r in rs]
             if any(y is not None for y in ys):
-                a2.plot(T, ys, style, color=c, label=f"{model} {key.split('_')[0]}")
+                a2.plot(T, ys, style, color=c, label=f"{model} {key.split('_')[0]} peak")
+        acts = [r.get("activation_mb") for r in rs]
+        if any(a is not None for a in acts):  # exact bytes saved for backward (hamt bench): device-independent
+            a2.plot(T, acts, ":^", color=c, label=f"{model} activations")
     a1.set_ylabel("tokens/s")
     # On CPU the process RSS includes the interpreter and libraries, and freed memory is reused
     # without growing it: differences show only once activations are large.
-    a2.set_ylabel("process peak RSS (MB)" if cpu else "peak CUDA allocated memory (MB)")
+    a2.set_ylabel("MB (peak: process RSS)" if cpu else "MB (peak: CUDA allocator)")
     for ax in (a1, a2):
         _log2_axis(ax, [r["seq_len"] for r in rows])
         ax.set_xlabel("sequence length (same tokens per step)")
@@ -530,15 +559,19 @@ def plot_speed(results: dict, out: Path) -> Path | str:
 
 def plot_decoding(results: dict, out: Path) -> Path | str:
     series = {n: [d for d in r.get("decode") or [] if d.get("status") == "ok"] for n, r in _rows(results).items() if _ok(r)}
-    series = {n: s for n, s in series.items() if s}
+    for r in _bench(results, "decode"):  # hamt bench decode: random weights, longer contexts
+        if "context" in r and r.get("ms_per_token") is not None:
+            series.setdefault(f"bench {r.get('model')}", []).append(r)
+    series = {n: sorted(s, key=lambda d: d["context"]) for n, s in series.items() if s}
     if not series:
-        return "no decoding profile (results/compare/results.json rows' decode)"
+        return "no decoding profile (results/compare/results.json rows' decode, results/bench/decode.json)"
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     markers = "osD^vP*X"
     for i, (name, pts) in enumerate(series.items()):
         c = [d["context"] for d in pts]
         style = dict(color=_color(name, i), marker=markers[i % len(markers)], label=name,
+                     linestyle=":" if name.startswith("bench ") else "-",
                      zorder=3 if name == "hamt" else 2, alpha=0.9, markersize=8 if name == "hamt" else 5)
         a1.plot(c, [d["ms_per_token"] for d in pts], **style)
         a2.plot(c, [d["state_bytes"] / 2**20 for d in pts], **style)

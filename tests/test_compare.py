@@ -183,3 +183,13 @@ def test_unknown_ablation_or_baseline_fails_before_any_work(tmp_path):
         cmp.compare(params)
     names = cmp.names_to_run(micro_params(tmp_path, "compare.ablations=[slots-1]", "compare.baselines=[gpt2-scratch]"))
     assert names == ["hamt", "gpt2-scratch", "ablation-slots-1"]
+
+
+def test_interrupted_baseline_training_stops_the_stage(tokens, tmp_path, monkeypatch):
+    """SIGINT inside the trainer returns an 'interrupted' summary: compare must stop, not skip to the next model."""
+    import hamt.train
+
+    monkeypatch.setattr(hamt.train, "train", lambda *a, **k: {"interrupted": True})
+    params = with_tokens(tokens, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cmp.run_baseline(params, "gpt2-scratch")

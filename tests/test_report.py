@@ -192,6 +192,12 @@ FLIPS = [
     ("fewer parameters", lambda r: r["compare"]["rows"][2].update(bpb=0.80), R),
     ("fewer parameters", lambda r: r["compare"]["rows"].pop(2), N),
     ("fewer parameters", lambda r: r["compare"]["rows"].pop(2) and r["compare"]["rows"][1].update(bpb=0.80), R),
+    # hamt bench results take precedence over compare's own probes when present
+    ("speedup", lambda r: r.update(bench={"model": [
+        {"model": m, "seq_len": T, "tokens_per_s": 1.0, "hamt_speedup_vs_gpt2": 1.5, "device": "X"}
+        for m in ("hamt", "gpt2") for T in (1024, 4096)]}), R),
+    ("constant memory", lambda r: r.update(bench={"decode": [
+        {"model": "hamt", "context": c, "state_bytes": 1000 + c, "ms_per_token": 1.0} for c in (256, 4096)]}), R),
     ("slot", lambda r: r["compare"]["rows"][0].update(slot_active_fraction=0.75), R),
     ("auxiliary", lambda r: r["compare"]["rows"][3].update(fidelity=0.6), R),
     ("auxiliary", lambda r: r["compare"]["rows"].pop(3), N),
@@ -211,6 +217,27 @@ def test_flipping_an_input_flips_the_verdict(word, flip, expected):
     flip(changed)
     assert verdicts(changed)[claim] == expected
     assert before != expected or expected == S
+
+
+def test_bench_results_support_claims_and_are_plotted(tmp_path, fake_presets):
+    params = make_results_tree(tmp_path)
+    bench = tmp_path / "results/bench"
+    bench.mkdir(parents=True)
+    (bench / "model.json").write_text(json.dumps([
+        {"model": m, "seq_len": T, "tokens_per_s": 1000.0 * f, "peak_mb": 500.0, "activation_mb": T / 100 * f,
+         "peak_how": "rss high-water mark", "hamt_speedup_vs_gpt2": 2.5, "device": "CPU: test", "preset": "tiny"}
+        for m, f in (("hamt", 2.5), ("gpt2", 1.0)) for T in (256, 1024, 4096)]))
+    (bench / "decode.json").write_text(json.dumps([
+        {"model": m, "context": c, "ms_per_token": 1.0, "tokens_per_s": 1000.0,
+         "state_bytes": 4096 if m == "hamt" else 64 * c, "device": "CPU: test", "preset": "tiny"}
+        for m in ("hamt", "gpt2") for c in (256, 4096, 16384)]))
+    out = rp.report(params)
+    assert {"speed", "decoding"} <= set(out["plots"])
+    ledger = {c["claim"]: c for c in out["ledger"]}
+    speed = next(c for k, c in ledger.items() if "speedup" in k)
+    const = next(c for k, c in ledger.items() if "constant memory" in k)
+    assert speed["verdict"] == S and "hamt bench" in speed["measured"] and "T=4096: 2.50x" in speed["measured"]
+    assert const["verdict"] == S and "16,384" in const["measured"] and "hamt bench" in const["measured"]
 
 
 def test_ledger_is_pure_and_handles_empty_results():
