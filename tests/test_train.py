@@ -119,6 +119,36 @@ def test_interrupted_then_resumed_is_bitwise_identical(tokens_dir, tmp_path, cap
     assert strip(series(ref)) == strip(series(run))
 
 
+def test_resume_keeps_the_ladder_state(tokens_dir, tmp_path):
+    """Rungs taken before a checkpoint (here: smaller micro-batch, shorter windows) survive --resume, bitwise."""
+    from hamt.train import train
+
+    opts = ("fallback.min_micro_batch_size=4", "fallback.min_seq_len=16", "train.ckpt_every=5")
+
+    def oom_at_3(fired):
+        def hook(step):
+            if step == 3 and len(fired) < 3:
+                fired.append(step)
+                raise torch.OutOfMemoryError("injected")
+        return hook
+
+    ref = train(micro(tokens_dir, tmp_path / "ref", *opts), fault_hook=oom_at_3([]))
+    assert [e["kind"] for e in ref["fallbacks"]] == ["micro_batch_size", "gradient_checkpointing", "seq_len"]
+
+    oom = oom_at_3([])
+
+    def oom_then_stop_at_9(step):
+        oom(step)
+        if step == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    p = micro(tokens_dir, tmp_path / "run", *opts)
+    assert train(p, fault_hook=oom_then_stop_at_9)["steps"] == 9
+    s = train(p, resume=True)
+    assert s["fallbacks"] == ref["fallbacks"] and s["seq_len"] == 16 and s["gradient_checkpointing"]
+    assert_bitwise_equal(final_weights(tmp_path / "ref"), final_weights(tmp_path / "run"))
+
+
 def test_oom_walks_the_ladder(tokens_dir, tmp_path):
     from hamt.train import train
 
