@@ -19,7 +19,6 @@ probed once per precision before the runs and printed with the table. Prints a m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

@@ -47,7 +47,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 import warnings
