@@ -220,20 +220,12 @@ def _time(fn: Callable[[], Any], device) -> float:
     return time.perf_counter() - t0
 
 
-def _rss_bytes(field: str) -> int:
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+def peak_memory_bytes(fn: Callable[[], Any], device) -> tuple[int, str]:
+    """Peak bytes of tensors allocated by ``fn`` above what was allocated before: (bytes, how).
 
-
-def peak_memory_bytes(fn: Callable[[], Any], device) -> tuple[int | None, str]:
-    """Peak memory used by ``fn`` above what was held before: (bytes, how it was measured).
-
-    CUDA: the caching allocator's peak over the call. Linux CPU: the resident-set high-water mark
-    (VmHWM, reset through /proc/self/clear_refs) minus the resident set before the call; includes
-    allocator slack, so it is an upper bound on the tensors' own peak. Elsewhere: (None, reason).
+    CUDA: the caching allocator's peak over the call. CPU: the running total of the allocation
+    events that torch's profiler records (its "Total Allocated"), so freed-but-cached heap memory and
+    the process's other memory do not blur it as they would a resident-set measurement.
     """
     import torch
 
@@ -243,16 +235,21 @@ def peak_memory_bytes(fn: Callable[[], Any], device) -> tuple[int | None, str]:
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         _sync(device)
-        return int(torch.cuda.max_memory_allocated(device) - base), "cuda allocator peak"
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # reset VmHWM to the current resident set
-        base = _rss_bytes("VmRSS")
+        return int(torch.cuda.max_memory_allocated(device) - base), "CUDA allocator peak"
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-        return max(0, _rss_bytes("VmHWM") - base), "RSS high-water mark"
-    except OSError:
-        fn()
-        return None, "not measurable here (no /proc/self/clear_refs)"
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in sorted(
+        (e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])]
+    return max([0, *totals]), "CPU allocator peak (torch profiler)"
 
 
 def saved_activation_bytes(model, fn: Callable[[], Any]) -> int:
@@ -396,8 +393,7 @@ def bench_model(config, opts: dict, device) -> list[dict]:
             steps[name]()  # warm-up (allocator, kernels, autotuning)
             act = saved_activation_bytes(m, steps[name])
             peak_b, how = peak_memory_bytes(steps[name], device)
-            extra[name] = dict(activation_mb=act / 2**20, peak_mb=None if peak_b is None else peak_b / 2**20,
-                               peak_how=how)
+            extra[name] = dict(activation_mb=act / 2**20, peak_mb=peak_b / 2**20, peak_how=how)
             bar.update(2)
         times = {k: [] for k in models}
         for i in range(reps):  # alternate the models, and which goes first, so drifts hit both

@@ -108,6 +108,19 @@ def test_saved_activation_bytes_counts_saved_inputs_not_parameters():
     assert saved_activation_bytes(lin, lambda: torch.tanh(lin(x)).sum().backward()) == 3 * 4 * 4 + 3 * 5 * 4
 
 
+def test_peak_memory_bytes_sees_a_freed_temporary():
+    import torch
+
+    from hamt.bench import peak_memory_bytes
+
+    def fn():
+        a = torch.ones(1000, 1000)  # 4 MB, freed when fn returns
+        return float(a.sum())
+
+    peak, how = peak_memory_bytes(fn, torch.device("cpu"))
+    assert 4_000_000 <= peak < 4_200_000, (peak, how)
+
+
 def test_memory_io_bytes_formula():
     from hamt.bench import memory_io_bytes
 

@@ -199,8 +199,8 @@ def _memory_bwd_kernel(
             dmi += rb * ai
             gb = tl.sum(ar * mr + ai * mi, axis=1)  # (BS,)
             tl.store(GB + (pid_f64 * BTH + row) * S + offs_s, gb, mask=mask_s)
-            tl.atomic_add(GQ + base + perm * 2, rb * (grr * mr + gri * mi), mask=mask)
-            tl.atomic_add(GQ + base + perm * 2 + 1, rb * (grr * mi - gri * mr), mask=mask)
+            tl.atomic_add(GQ + base + perm * 2, rb * (grr * mr + gri * mi), mask=mask, sem="relaxed")
+            tl.atomic_add(GQ + base + perm * 2 + 1, rb * (grr * mi - gri * mr), mask=mask, sem="relaxed")
             gkr = tl.zeros((BLOCK_S, BLOCK_F), dtype=mr.dtype)
             gki = tl.zeros((BLOCK_S, BLOCK_F), dtype=mr.dtype)
             if HAS_C:
@@ -220,8 +220,8 @@ def _memory_bwd_kernel(
             # write x = w pi(K) V with dx = dM_t:  d pi(K) += w dM conj(V)
             gkr += w * (dmr * vr + dmi * vi)
             gki += w * (dmi * vr - dmr * vi)
-            tl.atomic_add(GK + base + perm * 2, gkr, mask=mask)
-            tl.atomic_add(GK + base + perm * 2 + 1, gki, mask=mask)
+            tl.atomic_add(GK + base + perm * 2, gkr, mask=mask, sem="relaxed")
+            tl.atomic_add(GK + base + perm * 2 + 1, gki, mask=mask, sem="relaxed")
             # write x = w pi(K) V: dw = sum_f Re(dM conj(pi(K) V)), dV = sum_s w dM conj(pi K)
             yr = kr * vr - ki * vi  # (BS, BF) pi(K) V
             yi = kr * vi + ki * vr
