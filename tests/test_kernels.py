@@ -208,7 +208,7 @@ def test_kernels_compile_for_hopper_without_a_gpu(kernel):
     sig = {n: "constexpr" if n in consts else "i32" if n in ints else "*i32" if n == "PERM" else "*fp32"
            for n in fn.arg_names}
     try:
-        compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+        compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": 1, "enable_fp_fusion": True})
     except (RuntimeError, FileNotFoundError) as e:  # no CUDA backend/ptxas in this Triton build
         if "ptxas" in str(e) or "backend" in str(e).lower():
             pytest.skip(f"Triton cannot compile for CUDA here: {e}")

@@ -279,7 +279,7 @@ class _MemoryScanFn(torch.autograd.Function):
         _memory_fwd_kernel[grid](
             qr, kr, vr, lf, wc, bc, cc, perm32, s0, r, u, sf, ck, T, H, S, F, nc,
             HAS_C=c is not None, SAVE_CK=save_ck, CHUNK=chunk, BLOCK_S=block_s, BLOCK_F=block_f,
-            num_warps=_num_warps(block_s, block_f),
+            num_warps=_num_warps(block_s, block_f), enable_fp_fusion=True,  # FMAs in the complex products
         )
         if save_ck:
             ctx.save_for_backward(qr, kr, vr, lf, wc, bc, cc, perm32, ck)
@@ -324,7 +324,7 @@ class _MemoryScanFn(torch.autograd.Function):
             gq, gk, gv, glf, gw, gb, gc, gs0, scratch,
             T, H, S, F, nc, nfb,
             HAS_C=has_c, CHUNK=chunk, BLOCK_S=block_s, BLOCK_F=block_f,
-            num_warps=_num_warps(block_s, block_f),
+            num_warps=_num_warps(block_s, block_f), enable_fp_fusion=True,  # FMAs in the complex products
         )
         as_c = torch.view_as_complex
         return (
