@@ -4,6 +4,7 @@ holographic property itself (exact unbinding, crosstalk that grows with pairs an
 import pytest
 import torch
 
+import hamt.memory
 from hamt.memory import memory_chunked, memory_reference, memory_scan, memory_step, slot_permutations, unitary
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=2e-5)}
@@ -34,10 +35,19 @@ def make_inputs(B, T, H, S, F, dtype, gated=True, seed=0, with_state=True):
     return q, k, v, log_f, w, b, slot_permutations(S, F, seed), state, a
 
 
+@pytest.fixture(params=["one", "many"])
+def blocks(request, monkeypatch):
+    """'one': the default block size (these small inputs fit one block); 'many': blocks of two
+    chunks, so that both the chunk-level matmul inside a block and the carry across blocks run."""
+    if request.param == "many":
+        monkeypatch.setattr(hamt.memory, "_block_len", lambda N, S, F, chunk, T: 2 * chunk)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("T,chunk", [(1, 8), (7, 8), (16, 8), (37, 8), (50, 16)])
+@pytest.mark.parametrize("T,chunk", [(1, 8), (7, 8), (16, 8), (37, 4), (50, 16)])
 @pytest.mark.parametrize("gated", [True, False])
-def test_chunked_matches_reference_forward(dtype, T, chunk, gated):
+def test_chunked_matches_reference_forward(dtype, T, chunk, gated, blocks):
     q, k, v, log_f, w, b, perm, state, a = make_inputs(2, T, 3, 4, 9, dtype, gated)
     r1, u1, s1 = memory_reference(q, k, v, log_f, w, b, perm, state, a)
     r2, u2, s2 = memory_chunked(q, k, v, log_f, w, b, perm, state, a, chunk_size=chunk)
@@ -46,8 +56,8 @@ def test_chunked_matches_reference_forward(dtype, T, chunk, gated):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("T,chunk,S", [(13, 4, 3), (24, 8, 1)])
-def test_chunked_matches_reference_gradients(dtype, T, chunk, S):
+@pytest.mark.parametrize("T,chunk,S", [(13, 4, 3), (24, 8, 1), (41, 4, 2)])
+def test_chunked_matches_reference_gradients(dtype, T, chunk, S, blocks):
     inputs = make_inputs(2, T, 2, S, 5, dtype)
     names = ["q", "k", "v", "log_f", "w", "b", "state", "c"]
     q, k, v, log_f, w, b, perm, state, a = inputs
@@ -66,6 +76,28 @@ def test_chunked_matches_reference_gradients(dtype, T, chunk, S):
         grads.append([t.grad.clone() for t in leaves])
     for name, g_ref, g_chk in zip(names, *grads):
         assert rel_err(g_chk, g_ref) < (1e-9 if dtype == torch.float64 else 1e-4), name
+
+
+@pytest.mark.parametrize("with_c", [True, False])
+def test_strong_decay_and_partial_inputs(with_c, blocks):
+    """Forget factors near 0 (decays far below float32's range, flushed to 0 inside the chunk path)
+    and gradients requested for only some inputs still match the reference."""
+    q, k, v, log_f, w, b, perm, state, a = make_inputs(2, 19, 2, 3, 5, torch.float64)
+    log_f = log_f.clone()
+    log_f[:, 5] = -80.0  # a full reset: exp(-80) underflows the chunk's decay products
+    log_f[:, 11:14] = -30.0
+    c = a if with_c else None
+    outs = []
+    for fn in (memory_reference, lambda *x: memory_chunked(*x, chunk_size=4)):
+        v_, lf_ = v.clone().requires_grad_(True), log_f.clone().requires_grad_(True)
+        r, u, s = fn(q, k, v_, lf_, w, b, perm, state, c)
+        loss = torch.view_as_real(r).square().sum() + torch.view_as_real(s).sum()
+        if with_c:
+            loss = loss + torch.view_as_real(u).sum()
+        loss.backward()
+        outs.append((r, s, v_.grad, lf_.grad))
+    for x, y in zip(*outs):
+        torch.testing.assert_close(x, y, **TOL[torch.float64])
 
 
 def test_float64_gradcheck_of_chunked_path():
