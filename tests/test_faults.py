@@ -62,7 +62,14 @@ def reference(tokens_dir, tmp_path_factory) -> dict:
     from hamt.train import train
 
     out = tmp_path_factory.mktemp("reference")
-    train(params(tokens_dir, out))
+    # Same thread count as the subprocesses (OMP_NUM_THREADS=1): float reductions split over a
+    # different number of threads round differently, and "bitwise identical" means exactly that.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(params(tokens_dir, out))
+    finally:
+        torch.set_num_threads(threads)
     return weights(out)
 
 
