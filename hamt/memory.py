@@ -30,6 +30,8 @@ states never exist for more than one block at a time.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 Tensor = torch.Tensor
@@ -124,22 +126,41 @@ def _slot_index(perm: Tensor) -> tuple[Tensor, Tensor]:
     return perm.reshape(-1), (inv + offset).reshape(-1)
 
 
-def _gather_slots(x: Tensor, idx: Tensor) -> Tensor:
-    """(N, L, F) -> (N, L, S, F): out[..., s, f] = x[..., perm[s, f]]."""
+class _Workspace:
+    """Reusable per-slot buffers for the blocks of one call: every block has the same shape (the last
+    may be shorter), so each buffer is allocated once per call instead of once per block. Fresh
+    allocations of this size cost page faults that were a third of the backward's time."""
+
+    def __init__(self):
+        self._flat: dict[str, Tensor] = {}
+
+    def __call__(self, name: str, shape, like: Tensor) -> Tensor:
+        numel = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < numel or flat.dtype != like.dtype:
+            flat = self._flat[name] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return flat[:numel].view(shape)
+
+
+def _gather_slots(x: Tensor, idx: Tensor, out: Tensor) -> Tensor:
+    """(N, L, F) -> out (N, L, S, F): out[..., s, f] = x[..., perm[s, f]]."""
     N, L, F = x.shape
-    return torch.gather(x.reshape(N * L, F), 1, idx.expand(N * L, idx.shape[0])).view(N, L, -1, F)
+    torch.gather(x.reshape(N * L, F), 1, idx.expand(N * L, idx.shape[0]), out=out.view(N * L, -1))
+    return out
 
 
-def _scatter_slots(g: Tensor, inv_idx: Tensor) -> Tensor:
+def _scatter_slots(g: Tensor, inv_idx: Tensor, tmp: Tensor) -> Tensor:
     """Adjoint of _gather_slots, (N, L, S, F) -> (N, L, F): sum_s g[..., s, inv_s(f)], all gathers."""
     N, L, S, F = g.shape
-    out = torch.gather(g.reshape(N * L, S * F), 1, inv_idx.expand(N * L, S * F))
-    return out.view(N, L, S, F).sum(2)
+    torch.gather(g.view(N * L, S * F), 1, inv_idx.expand(N * L, S * F), out=tmp.view(N * L, S * F))
+    return tmp.sum(2)
 
 
-def _rdot(a: Tensor, b: Tensor) -> Tensor:
-    """Re(sum_f a * conj(b)) for complex (..., F) -> real (...)."""
-    return (torch.view_as_real(a) * torch.view_as_real(b)).sum((-1, -2))
+def _rdot(a: Tensor, b: Tensor, tmp: Tensor) -> Tensor:
+    """Re(sum_f a * conj(b)) for complex (..., F) -> real (...); tmp: a complex buffer like a."""
+    prod = torch.view_as_real(tmp)
+    torch.mul(torch.view_as_real(a), torch.view_as_real(b), out=prod)
+    return prod.sum((-1, -2))
 
 
 def _rev_cumsum(x: Tensor, dim: int = -1) -> Tensor:
@@ -178,33 +199,37 @@ def _exp(x: Tensor, keep: Tensor | None = None) -> Tensor:
     return x.masked_fill(drop, float("-inf")).exp()
 
 
-def _block_states(K, V, lf, w, Mb, idx, C):
+def _block_states(K, V, lf, w, Mb, idx, C, ws: _Workspace, keep: bool = False):
     """Per-token states of one block: K, V (N, L, F); lf (N, L); w (N, L, S); Mb (N, S, F).
 
-    Returns M (N, L, S, F) complex and what the backward needs: Kp, KV (= Kp * V), X (real view
-    (N*n, C, 2SF)), the chunk-end intra states Z (N, n, 2SF), the chunk-start states M0, decays."""
+    Returns M (N, L, S, F) complex (in the workspace) and, with ``keep``, what the backward needs:
+    Kp, KV (= Kp * V), X (real view (N*n, C, 2SF)), the chunk-end intra states Z (N, n, 2SF), the
+    chunk-start states M0 and the decays."""
     N, L, F = K.shape
     S = w.shape[-1]
     n = L // C
+    shape = (N, L, S, F)
     cum, D, Gprev, Dc = _decays(lf, C)
-    Kp = _gather_slots(K, idx)  # (N, L, S, F)
-    KV = Kp * V[:, :, None]
-    X = KV * w[..., None]  # what each token writes, per slot
+    Kp = _gather_slots(K, idx, ws("Kp", shape, K))
+    KV = torch.mul(Kp, V[:, :, None], out=ws("KV", shape, K)) if keep else Kp.mul_(V[:, :, None])
+    X = torch.mul(KV, w[..., None], out=ws("X", shape, K)) if keep else KV.mul_(w[..., None])
     Xr = torch.view_as_real(X).view(N * n, C, 2 * S * F)
-    A = torch.bmm(D.view(N * n, C, C), Xr).view(N, n, C, 2 * S * F)  # intra-chunk states
+    A = torch.view_as_real(ws("M", shape, K)).view(N * n, C, 2 * S * F)
+    torch.bmm(D.view(N * n, C, C), Xr, out=A)  # intra-chunk states
+    A = A.view(N, n, C, 2 * S * F)
     Z = A[:, :, -1].clone()  # (N, n, 2SF) chunk-end intra states
     Mbr = torch.view_as_real(Mb).reshape(N, 1, 2 * S * F)
     M0 = torch.baddbmm(_exp(Gprev)[..., None] * Mbr, Dc, Z)  # (N, n, 2SF) chunk-start states
     A.addcmul_(_exp(cum)[..., None], M0[:, :, None])  # + decayed chunk-start state: A is now M
     M = torch.view_as_complex(A.view(N, L, S, F, 2))
-    return M, (Kp, KV, Xr, Z, M0, cum, D, Gprev, Dc)
+    return M, ((Kp, KV, Xr, Z, M0, cum, D, Gprev, Dc) if keep else None)
 
 
-def _read(Mq, M, weights, idx):
-    """sum_s weights[..., s] * conj(pi_s(q)) . M with Mq = conj(q) (N, L, F): (N, L, F)."""
-    Y = _gather_slots(Mq, idx)
-    Y.mul_(weights[..., None])
-    return Y.mul_(M).sum(2)
+def _read(Mq, M, weights, idx, ws: _Workspace, out: Tensor) -> Tensor:
+    """out = sum_s weights[..., s] * conj(pi_s(q)) . M with Mq = conj(q) (N, L, F)."""
+    Y = _gather_slots(Mq, idx, ws("Y", M.shape, M))
+    Y.mul_(weights[..., None]).mul_(M)
+    return torch.sum(Y, 2, out=out)
 
 
 def _pad_time(x: Tensor | None, T: int, Tp: int) -> Tensor | None:
@@ -245,56 +270,62 @@ def _chunked_forward(q, k, v, log_f, w, b, c, state, perm, chunk):
     r = q.new_empty(N, Tp, F)
     u = q.new_empty(N, Tp, F) if c is not None else None
     starts = []
+    ws = _Workspace()
     for t0 in range(0, Tp, L):
         sl = slice(t0, t0 + L)
         starts.append(Mb)
-        M, _ = _block_states(K[:, sl], V[:, sl], lf[:, sl], wh[:, sl], Mb, idx, C)
-        r[:, sl] = _read(Qc[:, sl], M, bh[:, sl], idx)
+        M, _ = _block_states(K[:, sl], V[:, sl], lf[:, sl], wh[:, sl], Mb, idx, C, ws)
+        _read(Qc[:, sl], M, bh[:, sl], idx, ws, r[:, sl])
         if c is not None:
-            u[:, sl] = _read(Kc[:, sl], M, ch[:, sl], idx)
+            _read(Kc[:, sl], M, ch[:, sl], idx, ws, u[:, sl])
         Mb = M[:, -1].clone()
     r = _batch_major(r, B, T)
     u = _batch_major(u, B, T) if c is not None else None
     return r, u, Mb.view(B, H, S, F), torch.stack(starts)
 
 
-def _block_backward(Q, K, Kc, Vc, lf, w, bb, cc, Mb, gr, gu, gMb, idx, inv_idx, C):
+def _block_backward(Q, K, Kc, Vc, lf, w, bb, cc, Mb, gr, gu, gMb, idx, inv_idx, C, ws: _Workspace):
     """Gradients of one block (recomputing its states from Mb). gMb: dL/d(state at the block end).
 
     Returns dQ, dK, dV (N, L, F), dlf (N, L), dw, db, dc (N, L, S), dL/d(state at the block start)."""
     N, L, F = K.shape
     S = w.shape[-1]
     n = L // C
-    M, (Kp, KV, Xr, Z, M0, cum, D, Gprev, Dc) = _block_states(K, torch.conj_physical(Vc), lf, w, Mb, idx, C)
-    # read: r = sum_s b conj(Qp) M  ->  dM = b Qp dr, db = Re sum_f conj(dr) M conj(Qp)...
-    Qp = _gather_slots(Q, idx)
-    T1 = M * gr.conj()[:, :, None]  # (N, L, S, F)
-    g_b = _rdot(T1, Qp)
-    gQ = _scatter_slots(T1.mul_(bb[..., None]), inv_idx)
-    gM = Qp.mul_(gr[:, :, None]).mul_(bb[..., None])  # reuses Qp's storage
+    shape = (N, L, S, F)
+    M, (Kp, KV, Xr, Z, M0, cum, D, Gprev, Dc) = _block_states(K, torch.conj_physical(Vc), lf, w, Mb, idx, C,
+                                                               ws, keep=True)
+    tmp = ws("tmp", shape, K)
+    # read: r = sum_s b conj(Qp) M. With T1 = M conj(dr): db = Re sum_f T1 conj(Qp), dQ = scatter(b T1),
+    # dM = b Qp dr.
+    T1 = torch.mul(M, gr.conj()[:, :, None], out=ws("T1", shape, K))
+    Qp = _gather_slots(Q, idx, ws("Y", shape, K))
+    g_b = _rdot(T1, Qp, tmp)
+    gQ = _scatter_slots(T1.mul_(bb[..., None]), inv_idx, tmp)
+    gM = Qp.mul_(gr[:, :, None]).mul_(bb[..., None])  # reuses Qp's buffer
     g_c = gK_u = None
-    if cc is not None:
-        T2 = M * gu.conj()[:, :, None]
-        g_c = _rdot(T2, Kp)
-        gK_u = _scatter_slots(T2.mul_(cc[..., None]), inv_idx)
-        gM.add_((Kp * gu[:, :, None]).mul_(cc[..., None]))
+    if cc is not None:  # the key read-back u, same algebra with (Kp, c, du)
+        torch.mul(M, gu.conj()[:, :, None], out=T1)
+        g_c = _rdot(T1, Kp, tmp)
+        gK_u = _scatter_slots(T1.mul_(cc[..., None]), inv_idx, tmp)
+        gM.add_(torch.mul(Kp, gu[:, :, None], out=tmp).mul_(cc[..., None]))
     gM[:, -1].add_(gMb)
     # M = A + exp(cum) M0
     gMr = torch.view_as_real(gM).view(N, n, C, 2 * S * F)
     e = _exp(cum)
     gM0 = torch.bmm(e.view(N * n, 1, C), gMr.view(N * n, C, -1)).view(N, n, -1)
-    g_e = torch.bmm(gMr.view(N * n, C, -1), M0.view(N * n, -1, 1)).view(N, n, C)
+    g_e = torch.linalg.vecdot(gMr, M0[:, :, None], dim=-1)  # (N, n, C); a bmm mat-vec is ~7x slower
     # M0 = Dc @ Z + exp(Gprev) Mb
     eg = _exp(Gprev)
-    Mbr = torch.view_as_real(Mb).reshape(N, 2 * S * F, 1)
+    Mbr = torch.view_as_real(Mb).reshape(N, 1, 2 * S * F)
     gZ = torch.bmm(Dc.mT, gM0)
     g_Dc = torch.bmm(gM0, Z.mT)
-    g_eg = torch.bmm(gM0, Mbr)[..., 0]
+    g_eg = torch.linalg.vecdot(gM0, Mbr, dim=-1)
     gMb_prev = torch.bmm(eg[:, None, :], gM0)[:, 0]  # (N, 2SF)
     gMr[:, :, -1].add_(gZ)  # Z = A[:, :, -1]; gMr is now dL/dA
     # A = D @ X
     gA = gMr.view(N * n, C, -1)
-    gX = torch.bmm(D.view(N * n, C, C).mT, gA)
+    gX = torch.view_as_real(ws("gX", shape, K)).view(N * n, C, -1)
+    torch.bmm(D.view(N * n, C, C).mT, gA, out=gX)
     g_D = torch.bmm(gA, Xr.mT).view(N, n, C, C)
     # log-decay gradients: D = exp(cum_t - cum_j), e = exp(cum), Dc = exp(Gprev_c - Gcum_c'), eg = exp(Gprev)
     HD = g_D.mul_(D)
@@ -307,10 +338,11 @@ def _block_backward(Q, K, Kc, Vc, lf, w, bb, cc, Mb, gr, gu, gMb, idx, inv_idx, 
     g_lf = _rev_cumsum(g_cum).view(N, L)
     # X = KV w, KV = Kp V
     gXc = torch.view_as_complex(gX.view(N, L, S, F, 2))
-    g_w = _rdot(gXc, KV)
+    g_w = _rdot(gXc, KV, tmp)
     gKV = gXc.mul_(w[..., None])
-    gV = (gKV * _gather_slots(Kc, idx)).sum(2)
-    gK = _scatter_slots(gKV.mul_(Vc[:, :, None]), inv_idx)
+    Kcp = _gather_slots(Kc, idx, ws("T1", shape, K))  # T1 is free again
+    gV = Kcp.mul_(gKV).sum(2)
+    gK = _scatter_slots(gKV.mul_(Vc[:, :, None]), inv_idx, tmp)
     if gK_u is not None:
         gK = gK + gK_u
     gMb_prev = torch.view_as_complex(gMb_prev.view(N, S, F, 2))
@@ -345,11 +377,12 @@ class _ChunkedScan(torch.autograd.Function):
         gu = _head_major(gu, Tp) if (c is not None and gu is not None) else (torch.zeros_like(Q) if c is not None else None)
         gMb = gstate.reshape(N, S, F) if gstate is not None else Q.new_zeros(N, S, F)
         grads = [torch.empty_like(x) for x in (Q, K, Q, lf, wh, bh)] + ([torch.empty_like(ch)] if c is not None else [])
+        ws = _Workspace()
         for i in reversed(range(len(starts))):
             sl = slice(i * L, (i + 1) * L)
             out = _block_backward(Q[:, sl], K[:, sl], Kc[:, sl], Vc[:, sl], lf[:, sl], wh[:, sl], bh[:, sl],
                                   None if c is None else ch[:, sl], starts[i], gr[:, sl],
-                                  None if c is None else gu[:, sl], gMb, idx, inv_idx, C)
+                                  None if c is None else gu[:, sl], gMb, idx, inv_idx, C, ws)
             for g, blk in zip(grads, out[:7]):
                 g[:, sl] = blk
             gMb = out[7]
