@@ -20,6 +20,10 @@ for var, sub in {
 }.items():
     (_TMP / sub).mkdir(parents=True, exist_ok=True)
     os.environ[var] = str(_TMP / sub)
+# One intra-op thread everywhere (before torch is imported): tests compare weights bitwise between this
+# process and training subprocesses, and float reductions split over different thread pools round
+# differently; it also keeps 2-process DDP tests from oversubscribing a 2-core machine.
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("USERNAME", "hamt-tests")
 os.environ.setdefault("METAFLOW_USER", "hamt-tests")
 os.environ["DVC_NO_ANALYTICS"] = "1"
