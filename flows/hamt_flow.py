@@ -25,9 +25,11 @@ inside the steps: each step is a new process.
 
 import os
 
-from metaflow import Config, FlowSpec, Parameter, card, current, resources, retry, step, yaml_parser
-
 import orchestration as orc
+
+orc.pin_local_datastore()  # before metaflow is imported: runs and cards both under <workdir>/.metaflow
+
+from metaflow import Config, FlowSpec, Parameter, card, current, resources, retry, step, yaml_parser  # noqa: E402
 
 CARD = {"type": "blank"}
 

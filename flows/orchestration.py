@@ -67,6 +67,17 @@ def enter_workdir() -> Path:
     return wd
 
 
+def pin_local_datastore() -> None:
+    """Keep Metaflow's local datastore in ``workdir()/.metaflow`` unless METAFLOW_DATASTORE_SYSROOT_LOCAL is set.
+
+    Call before importing metaflow. Metaflow 2.19 writes a card under the first ``.metaflow`` found upward
+    from the task's current folder (``workdir()``, where every step works) but reads cards from the
+    datastore root; pinning the root there keeps the two in agreement wherever the flow is launched from.
+    (METAFLOW_CARD_LOCALROOT does not help: in 2.19.39 setting it makes the card root None.)
+    """
+    os.environ.setdefault("METAFLOW_DATASTORE_SYSROOT_LOCAL", str(workdir()))
+
+
 def default_params_path() -> str:
     """The Config's default file: params.yaml beside flows/ (so the flow runs from any folder)."""
     path = REPO_ROOT / DEFAULT_PARAMS

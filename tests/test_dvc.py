@@ -2,8 +2,9 @@
 
 The end-to-end test runs in a temporary copy of the repository (git init; ``.dvc/config`` as committed,
 as on a fresh clone) on the ``micro`` profile and a corpus made here: every stage runs, a second
-``dvc repro`` does nothing, ``dvc exp run -S train.lr=...`` re-runs exactly the stages that read
-``train`` and their dependents, and ``dvc metrics show`` / ``dvc plots show --json`` read the results.
+``dvc repro`` does nothing, a changed ``train.lr`` marks exactly the stages that read ``train``,
+``dvc exp run -S compare.eval_stride=...`` re-runs compare and report only, and ``dvc metrics show`` /
+``dvc plots show --json`` read the results.
 ``make_repo`` is shared with tests/test_flow.py.
 """
 
@@ -134,11 +135,12 @@ def tool_env(tmp: Path) -> dict:
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1", WANDB_MODE="disabled",
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                HAMT_NPROC_PER_NODE="1", USERNAME="hamt-tests", METAFLOW_USER="hamt-tests",
-               METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp / "metaflow"), METAFLOW_CARD_LOCALROOT=str(tmp / "cards"),
+               METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp / "metaflow"),
                DVC_GLOBAL_CONFIG_DIR=str(tmp / "dvc-global"), DVC_SYSTEM_CONFIG_DIR=str(tmp / "dvc-system"),
                DVC_SITE_CACHE_DIR=str(tmp / "dvc-site"),
                GIT_CONFIG_NOSYSTEM="1")
-    for var in ("HAMT_DATA_DIR", "HAMT_FAULTS", "HAMT_PRIMARY_FAULTS", "HAMT_WORKDIR", "TQDM_DISABLE"):
+    # Cards go to <repo>/.metaflow (METAFLOW_CARD_LOCALROOT is broken in Metaflow 2.19.39: cards are not written).
+    for var in ("HAMT_DATA_DIR", "HAMT_FAULTS", "HAMT_PRIMARY_FAULTS", "HAMT_WORKDIR", "METAFLOW_CARD_LOCALROOT"):
         env.pop(var, None)
     return env
 
@@ -164,7 +166,7 @@ needs_tools = pytest.mark.skipif(DVC is None or GIT is None, reason="dvc and git
 
 @needs_tools
 @pytest.mark.slow
-def test_dvc_repro_noop_and_train_param_change(tmp_path):
+def test_dvc_repro_noop_and_param_changes(tmp_path):
     repo = make_repo(tmp_path / "repo")
     env = tool_env(tmp_path)
 
@@ -184,12 +186,21 @@ def test_dvc_repro_noop_and_train_param_change(tmp_path):
     loss = plots["training_loss"][0]["content"]["data"]["values"]
     assert {r["step"] for r in loss} >= {"5", "20"}
 
-    # A train parameter: train and the stages that read it or its outputs re-run; data stages do not.
+    # A train parameter: the stages that read the train section see it (their dependents follow them)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "first reproduction")
-    out = dvc(repo, "exp", "run", "-S", "train.lr=0.002", env=env)
-    assert ran(out) == ["validate", "train", "compare", "report"]
-    assert "Stage 'download' didn't change" in out and "Stage 'tokenize' didn't change" in out
-    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.002
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text.replace("  lr: 0.003\n", "  lr: 0.002\n", 1))
+    status = json.loads(dvc(repo, "status", "--json", env=env))
+    assert set(status) == {"validate", "train", "compare"}, status
+    assert all(v == [{"changed deps": {"params.yaml": {"train": "modified"}}}] for v in status.values()), status
+    (repo / "params.yaml").write_text(text)
+
+    # An experiment on a compare parameter re-runs compare and its dependent report only.
+    out = dvc(repo, "exp", "run", "-S", "compare.eval_stride=8", env=env)
+    assert ran(out) == ["compare", "report"]
+    assert "Stage 'train' didn't change" in out and "Stage 'download' didn't change" in out
+    assert yaml.safe_load((repo / "params.yaml").read_text())["compare"]["eval_stride"] == 8
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["lr"] == 0.002
+    assert lock["stages"]["compare"]["params"]["params.yaml"]["compare"]["eval_stride"] == 8
+    assert json.loads(dvc(repo, "status", "--json", env=env)) == {}

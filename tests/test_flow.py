@@ -1,0 +1,348 @@
+"""flows/hamt_flow.py end to end, its helpers, the card server, and its agreement with DVC.
+
+The end-to-end tests run the flow in a temporary copy of the repository (git + DVC, as on a fresh
+clone; ``make_repo`` from test_dvc.py) on the ``micro`` profile and a corpus made here, with the
+Metaflow datastore and cards in temporary folders. One full run takes the primary branch and commits
+its outputs to DVC; ``resume`` from ``train`` with the primary's training forced to fail
+(HAMT_PRIMARY_FAULTS) takes the fallback branch; ``resume`` from ``validate_small`` with a failing
+validation stops the flow with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from test_dvc import DVC, GIT, dvc, make_repo, tool_env
+
+sys.path.insert(0, str(ROOT / "flows"))
+import orchestration as orc  # noqa: E402
+
+# The repository copy's place is fixed now: the Metaflow client of this process reads the datastore root
+# when metaflow is first imported (inside the tests), and the flow keeps runs and cards in <repo>/.metaflow.
+_REPO = Path(tempfile.mkdtemp(prefix="hamt-flow-tests-", dir=os.environ.get("TMPDIR"))) / "repo"
+os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(_REPO)
+os.environ.pop("METAFLOW_CARD_LOCALROOT", None)
+os.environ.setdefault("USERNAME", "hamt-tests")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+NAN_FAULTS = "nan@1,nan@1,nan@1,nan@1"  # one NaN more than fallback.max_divergence_retries (3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers of the flow (fast)
+# --------------------------------------------------------------------------------------------------
+
+
+def raw_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_parse_overrides():
+    assert orc.parse_overrides("") == []
+    assert orc.parse_overrides(" train.lr=1e-3 ; data.split_fractions=[0.8, 0.1, 0.1]\ntrain.max_steps=5;") == [
+        "train.lr=1e-3", "data.split_fractions=[0.8, 0.1, 0.1]", "train.max_steps=5"]
+
+
+def test_training_profile_keeps_the_runs_data_and_tokenizer():
+    raw = raw_params()
+    base = orc.resolve(raw, "micro", ["data.raw_dir=elsewhere"])
+    other = orc.resolve(raw, "micro", ["data.raw_dir=elsewhere"], train_profile="tiny")
+    assert other.profile == "tiny" and base.profile == "micro"
+    assert other.tokenizer == base.tokenizer and other.data == base.data  # the tokens on disk are micro's
+    assert other.train.max_steps == orc.resolve(raw, "tiny", []).train.max_steps != base.train.max_steps
+    assert other.data.raw_dir == "elsewhere"  # overrides apply to every profile of the run
+
+
+def test_write_resolved_round_trips(tmp_path):
+    from hamt.params import load_params
+
+    params = orc.resolve(raw_params(), "micro", ["train.lr=0.01"], train_profile="tiny")
+    again = load_params(orc.write_resolved(params, tmp_path), validate_model=False)
+    assert again.to_dict() == params.to_dict()
+
+
+def test_train_command_uses_torchrun_for_several_processes(tmp_path):
+    one = orc.train_command(tmp_path / "p.yaml", 1, resume=False)
+    assert one == [sys.executable, "-m", "hamt.cli", "train", "--params", str(tmp_path / "p.yaml")]
+    four = orc.train_command(tmp_path / "p.yaml", 4, resume=True)
+    assert four[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert four[5:9] == ["-m", "hamt.cli", "train", "--params"] and four[-1] == "--resume"
+
+
+def test_nproc_per_node(monkeypatch):
+    monkeypatch.setenv("HAMT_NPROC_PER_NODE", "3")
+    assert orc.nproc_per_node() == 3
+    monkeypatch.setenv("HAMT_NPROC_PER_NODE", "auto")
+    assert orc.nproc_per_node() >= 1
+    monkeypatch.setenv("HAMT_NPROC_PER_NODE", "lots")
+    with pytest.raises(orc.PipelineStopped, match="HAMT_NPROC_PER_NODE"):
+        orc.nproc_per_node()
+
+
+def test_failure_reason_prefers_the_trainers_verdict():
+    assert orc.failure_reason(2, {"failed": "loss nan at step 1"}, ["x"]) == "training failed: loss nan at step 1"
+    assert "SIGKILL" in orc.failure_reason(-9, None, ["step 3"])
+    assert orc.failure_reason(2, None, ["noise", "hamt train: error: bad thing"]) == "exit status 2: hamt train: error: bad thing"
+    assert orc.failure_reason(1, None, []) == "exit status 1: no output"
+
+
+def test_dvc_sync_commits_only_matching_parameters(tmp_path):
+    assert orc.dvc_sync(tmp_path, {}, {})["status"] == "skipped"  # not a DVC repository
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / ".dvc").mkdir()
+    shutil.copy2(ROOT / "params.yaml", tmp_path / "params.yaml")
+    disk = orc.resolve(raw_params(), None, []).to_dict()
+    changed = orc.resolve(raw_params(), None, ["train.lr=0.5"]).to_dict()
+    out = orc.dvc_sync(tmp_path, changed, changed)
+    assert out["status"] == "skipped" and "train.lr" in out["reason"]
+    out = orc.dvc_sync(tmp_path, disk, changed)
+    assert out["status"] == "skipped" and "fallback profile" in out["reason"] and "train.lr" in out["reason"]
+
+
+def test_cards_keep_long_cells_and_embed_report_images(tmp_path):
+    reason = "tokenizer mismatch: the tokens are bpe; pretrained baselines need GPT-2 BPE tokens"
+    rendered = orc.table([{"name": "gpt2", "reason": reason, "ppl": 12.3456789, "params": 1234567}]).render()
+    assert reason in json.dumps(rendered) and "1,234,567" in json.dumps(rendered)
+    png = tmp_path / "plots" / "loss.png"
+    png.parent.mkdir()
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    blocks = orc.report_blocks("# Title\n\ntext\n\n![Loss curves](plots/loss.png)\n\nafter", {"loss": str(png)})
+    assert [type(b).__name__ for b in blocks] == ["Markdown", "Image", "Markdown"]
+
+
+def test_read_log_skips_empty_cells(tmp_path):
+    (tmp_path / "log.csv").write_text("step,train_loss,val_loss\n5,6.0,\n10,5.5,5.2\n")
+    assert orc.read_log(tmp_path / "log.csv") == [{"step": 5.0, "train_loss": 6.0},
+                                                  {"step": 10.0, "train_loss": 5.5, "val_loss": 5.2}]
+    assert orc.read_log(tmp_path / "missing.csv") == []
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end (slow): one repository copy for the module
+# --------------------------------------------------------------------------------------------------
+
+needs_tools = pytest.mark.skipif(DVC is None or GIT is None, reason="dvc and git are needed (pip install dvc; git)")
+
+
+def run_flow(repo: Path, *args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "flows/hamt_flow.py", "--no-pylint", *args]
+    out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out
+
+
+def card_text(html: str) -> str:
+    """The JSON a Metaflow card embeds (base64 in ``__MF_DATA__[...] = "..."``), decoded: the card's content."""
+    import base64
+    import re
+
+    blobs = re.findall(r'__MF_DATA__\["[^"]+"\] = "([A-Za-z0-9+/=]+)"', html)
+    assert blobs, "no card data in the HTML"
+    return "\n".join(base64.b64decode(b).decode("utf-8") for b in blobs)
+
+
+def latest_run():
+    from metaflow import Flow, namespace
+
+    namespace(None)
+    return Flow("HAMTFlow").latest_run
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    if DVC is None or GIT is None:
+        pytest.skip("dvc and git are needed")
+    repo = make_repo(_REPO, with_flows=True)
+    env = tool_env(tmp_path_factory.mktemp("flow-env"))
+    env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(_REPO)  # as in this process: its client reads the runs
+    return repo, env
+
+
+@pytest.fixture(scope="module")
+def primary_run(workspace):
+    repo, env = workspace
+    run_flow(repo, "run", "--max-workers", "2", env=env)
+    return latest_run()
+
+
+@pytest.fixture(scope="module")
+def fallback_run(workspace, primary_run):
+    repo, env = workspace
+    run_flow(repo, "resume", "--origin-run-id", primary_run.id, "--max-workers", "2", "train",
+             env={**env, orc.FAULTS_ENV: NAN_FAULTS})
+    run = latest_run()
+    assert run.id != primary_run.id
+    return run
+
+
+@needs_tools
+@pytest.mark.slow
+def test_flow_run_records_artifacts(workspace, primary_run):
+    repo, _ = workspace
+    assert primary_run.successful
+    d = primary_run["end"].task.data
+    assert d.train_branch == "primary_ok" and "trained" in d.branch_reason
+    assert d.resolved_params["profile"] == "micro" and d.resolved_params == d.trained_params
+    manifest = json.loads((repo / "data/raw/manifest.json").read_text())
+    assert d.data_sha256 == {s: v["sha256"] for s, v in manifest["splits"].items()}
+    assert d.tokenizer_identity["kind"] == "bpe" and len(d.tokenizer_identity["sha256"]) == 64
+    assert d.checkpoint_dir == "checkpoints/hamt/final"
+    assert d.checkpoint_sha256 == orc.dir_sha256(repo / "checkpoints/hamt/final")
+    assert d.train_metrics["steps"] == 20 and d.train_metrics["val_loss"] > 0
+    assert d.git["commit"] == subprocess.run([GIT, "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                             text=True).stdout.strip()
+    rows = {r["name"]: r for r in d.comparison_rows}
+    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2"]
+    assert rows["hamt"]["status"] == "ok" and rows["gpt2-scratch"]["status"] == "ok"
+    assert rows["gpt2"]["status"] == "skipped" and "tokenizer" in rows["gpt2"]["reason"]
+    assert d.report_markdown.startswith("# ") and "<html" in d.report_html.lower()
+    assert "primary_ok" in [s.id for s in primary_run] and "fallback" not in [s.id for s in primary_run]
+
+
+@needs_tools
+@pytest.mark.slow
+def test_every_step_has_a_card(workspace, primary_run, monkeypatch):
+    from metaflow.cards import get_cards
+
+    monkeypatch.chdir(workspace[0])  # the card client looks for .metaflow from here
+    steps = {s.id: s for s in primary_run}
+    assert set(steps) >= {"start", "download", "tokenize", "validate_small", "train", "register_model", "compare",
+                          "compare_join", "report", "end"}
+    for name, step in steps.items():
+        if name == "primary_ok":
+            continue  # a one-line step without a card
+        for task in step:
+            cards = get_cards(task)
+            assert len(cards) == 1, f"{name}/{task.id} has {len(cards)} cards"
+            assert "<html" in cards[0].get().lower() and card_text(cards[0].get())
+    train_card = card_text(get_cards(steps["train"].task)[0].get())
+    assert "primary: micro" in train_card and "loss curves" in train_card
+
+
+@needs_tools
+@pytest.mark.slow
+def test_flow_outputs_are_what_dvc_records(workspace, primary_run):
+    repo, env = workspace
+    d = primary_run["end"].task.data
+    assert d.dvc["status"] == "committed", d.dvc
+    assert json.loads(dvc(repo, "status", "--json", env=env)) == {}
+    assert "Running stage" not in dvc(repo, "repro", env=env)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"download", "tokenize", "validate", "train", "compare", "report"}
+
+
+@needs_tools
+@pytest.mark.slow
+def test_forced_primary_failure_takes_the_fallback_branch(workspace, fallback_run, monkeypatch):
+    from metaflow.cards import get_cards
+
+    monkeypatch.chdir(workspace[0])  # the card client looks for .metaflow from here
+    assert fallback_run.successful
+    d = fallback_run["end"].task.data
+    assert d.train_branch == "fallback"
+    assert not d.primary_result["ok"] and "roll-backs" in d.primary_result["reason"]
+    assert d.primary_result["faults"] == NAN_FAULTS and d.fallback_result["ok"]
+    assert d.branch_reason.startswith("the primary profile micro failed: training failed: loss nan")
+    assert d.trained_profile == "micro" and d.train_metrics["steps"] == 20
+    names = [s.id for s in fallback_run]
+    assert "fallback" in names and "primary_ok" not in names
+    card = card_text(get_cards(fallback_run["register_model"].task)[0].get())
+    assert "fallback" in card and "roll-backs" in card
+    assert d.dvc["status"] == "committed"  # the fallback profile equals params.yaml's here
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@needs_tools
+@pytest.mark.slow
+def test_card_server_serves_the_report_card(workspace, fallback_run, tmp_path):
+    repo, env = workspace
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "flows/hamt_flow.py", "--no-pylint", "card", "server", "--run-id",
+                               fallback_run.id, "--port", str(port), "--max-cards", "100"],
+                              cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline, info = time.time() + 90, None
+        while time.time() < deadline and info is None:
+            try:
+                code, body = _get(f"{base}/runinfo")
+                info = json.loads(body) if code == 200 else None
+            except OSError:
+                time.sleep(0.5)
+        assert info is not None, f"card server did not answer: {server.stderr.read1(4000) if server.poll() else ''}"
+        report = [c for c in info["cards"] if c["task"].split("/")[-2] == "report"]
+        assert report, [c["task"] for c in info["cards"]]
+        url = f"{base}/card/{report[0]['card']}"
+        code, body = _get(url)
+        assert code == 200 and "HAMT: measured results" in card_text(body.decode("utf-8"))
+        if CHROMIUM is None:
+            pytest.skip("chromium not installed (apt-get install -y chromium): card served but not rendered")
+        shot = screenshot_url(url, tmp_path / "card.png", tmp_path / "profile-a")
+        control = screenshot_url(f"{base}/card/{report[0]['task']}/0000", tmp_path / "control.png", tmp_path / "p-b")
+        assert shot.std() > 10 and saturated(shot) > 30_000, saturated(shot)  # the report's coloured plots
+        assert saturated(control) < 5_000, saturated(control)  # 404 page (a blue button): the check can fail
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def saturated(pixels) -> int:
+    """Pixels of strong colour (plot lines and bars; text is grey/black)."""
+    return int(((pixels.max(-1) - pixels.min(-1)) > 100).sum())
+
+
+def screenshot_url(url: str, out: Path, profile: Path):
+    import numpy as np
+    from PIL import Image
+
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1280,3000",
+           "--virtual-time-budget=5000", url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.is_file(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-500:]}"
+    return np.asarray(Image.open(out).convert("RGB")).astype(int)  # (H, W, 3)
+
+
+@needs_tools
+@pytest.mark.slow
+def test_failed_validation_stops_the_flow(workspace, fallback_run):
+    repo, env = workspace
+    out = run_flow(repo, "resume", "--origin-run-id", fallback_run.id, "validate_small",
+                   env={**env, "HAMT_FAULTS": "nan@2"}, check=False)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "validate_small failed, so the expensive training was not started" in text and "finite" in text
+    run = latest_run()
+    assert not run.successful and "train" not in [s.id for s in run]
+    assert run["validate_small"].task.data.validation["passed"] is False
