@@ -41,7 +41,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hamt.errors import CheckpointError, ConfigError, DataError, HAMTError
+from hamt.errors import ConfigError, DataError, HAMTError
 
 # name -> how to get it. ``tokenizer``: "tokens" reads the tokens' ids as they are (GPT-2 BPE
 # required for pretrained models); "own" re-tokenizes the evaluated text with the model's tokenizer.
@@ -404,15 +404,22 @@ def recall_probe(params, *, device=None) -> dict:
     return out
 
 
+SPEED_REPEATS = 3
+
+
 def speed_probe(params, *, device=None) -> dict:
     """Training / inference tokens/s and peak memory against sequence length, fresh HAMT vs matched GPT-2.
 
     Weights do not change the cost, so no checkpoint is needed; every step holds the same number of
     tokens (``train.micro_batch_size x compare.eval_context``), the batch shrinking as sequences grow.
+    The two models are measured alternately ``SPEED_REPEATS`` times (the machine may be shared) and
+    the medians are kept, with the median of the paired HAMT / GPT-2 training-speed ratios.
     """
     cp = params.compare
     if not cp.speed_seq_lens:
         return {"status": "skipped", "reason": "compare.speed_seq_lens is empty"}
+    import statistics
+
     import hamt.model  # noqa: F401
     from transformers import AutoModelForCausalLM
 
@@ -423,27 +430,35 @@ def speed_probe(params, *, device=None) -> dict:
     device = device or ev.resolve_device(params.train.device)
     vocab = int(read_meta(params.tokenizer.tokens_dir)["vocab_size"])
     hamt_cfg = params.model_config(vocab_size=vocab)
-    gpt_cfg = matched_gpt2_config(hamt_cfg, n_positions=max(cp.speed_seq_lens))
+    models = {"hamt": AutoModelForCausalLM.from_config(hamt_cfg).to(device),
+              "gpt2": AutoModelForCausalLM.from_config(matched_gpt2_config(hamt_cfg, n_positions=max(cp.speed_seq_lens))).to(device)}
     budget = params.train.micro_batch_size * cp.eval_context
     rows = []
-    for arch, cfg in (("hamt", hamt_cfg), ("gpt2", gpt_cfg)):
-        model = AutoModelForCausalLM.from_config(cfg).to(device)
-        n_params = sum(p.numel() for p in model.parameters())
-        for T in cp.speed_seq_lens:
-            batch = max(1, budget // T)
-            row = {"model": arch, "params": n_params, "seq_len": T, "batch": batch}
-            try:
-                inf = ev.inference_throughput(model, batch, T, device=device, steps=cp.throughput_steps)
-                tr = ev.train_throughput(model, batch, T, device=device, steps=cp.throughput_steps)
-                row.update(status="ok", infer_tok_s=inf["tokens_per_s"], infer_peak_mem_mb=inf["peak_mem_mb"],
-                           infer_mem_delta_mb=inf["mem_delta_mb"], train_tok_s=tr["tokens_per_s"],
-                           train_peak_mem_mb=tr["peak_mem_mb"], train_mem_delta_mb=tr["mem_delta_mb"],
-                           mem_source=tr["mem_source"])
-            except Exception as e:  # noqa: BLE001  e.g. out of memory at long sequences: recorded
-                row.update(status="failed", reason=f"{type(e).__name__}: {_first_line(e)}")
-            rows.append(row)
-        del model
-    return {"status": "ok", "device": str(device), "tokens_per_step": budget, "rows": rows}
+    for T in cp.speed_seq_lens:
+        batch = max(1, budget // T)
+        runs: dict[str, list[tuple[dict, dict]]] = {k: [] for k in models}
+        try:
+            for rep in range(SPEED_REPEATS):
+                for arch in (list(models) if rep % 2 == 0 else list(models)[::-1]):  # alternate who goes first
+                    inf = ev.inference_throughput(models[arch], batch, T, device=device, steps=cp.throughput_steps)
+                    tr = ev.train_throughput(models[arch], batch, T, device=device, steps=cp.throughput_steps)
+                    runs[arch].append((inf, tr))
+        except Exception as e:  # noqa: BLE001  e.g. out of memory at long sequences: recorded, not fatal
+            for arch in models:
+                rows.append({"model": arch, "seq_len": T, "batch": batch, "status": "failed",
+                             "reason": f"{type(e).__name__}: {_first_line(e)}"})
+            continue
+        ratio = statistics.median(h[1]["tokens_per_s"] / g[1]["tokens_per_s"] for h, g in zip(runs["hamt"], runs["gpt2"]))
+        for arch, model in models.items():
+            med = lambda i, k: statistics.median(r[i][k] for r in runs[arch])  # noqa: E731
+            rows.append({"model": arch, "params": sum(p.numel() for p in model.parameters()), "seq_len": T,
+                         "batch": batch, "status": "ok", "repeats": SPEED_REPEATS,
+                         "infer_tok_s": med(0, "tokens_per_s"), "infer_peak_mem_mb": med(0, "peak_mem_mb"),
+                         "infer_mem_delta_mb": med(0, "mem_delta_mb"), "train_tok_s": med(1, "tokens_per_s"),
+                         "train_peak_mem_mb": med(1, "peak_mem_mb"), "train_mem_delta_mb": med(1, "mem_delta_mb"),
+                         "mem_source": runs[arch][0][1]["mem_source"], "hamt_speedup_vs_gpt2": ratio})
+    del models
+    return {"status": "ok", "device": str(device), "tokens_per_step": budget, "repeats": SPEED_REPEATS, "rows": rows}
 
 
 # --------------------------------------------------------------------------------------------------

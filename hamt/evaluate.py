@@ -25,8 +25,7 @@ import math
 import resource
 import sys
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -486,14 +485,3 @@ def memory_diagnostics(model, ids, *, context: int, n_windows: int = 8, batch_si
         count += w
     util = slot_utilisation(usage / count)
     return {"fidelity": fid / count, **util, "slot_usage": (usage / count).tolist()}
-
-
-@contextmanager
-def timer() -> Iterator[dict]:
-    """``with timer() as t: ...`` then ``t["seconds"]``."""
-    t: dict = {}
-    t0 = time.perf_counter()
-    try:
-        yield t
-    finally:
-        t["seconds"] = time.perf_counter() - t0

@@ -330,7 +330,8 @@ class CompareParams:
     """Baselines and evaluation settings (stage ``compare``)."""
 
     # baseline names from the registry in hamt.compare (HAMT itself is always evaluated)
-    baselines: list[str] = field(default_factory=lambda: ["gpt2-scratch", "gpt2", "distilgpt2"])
+    baselines: list[str] = field(default_factory=lambda: ["gpt2-scratch", "gpt2-scratch-2x", "gpt2", "distilgpt2",
+                                                         "EleutherAI/pythia-70m", "EleutherAI/pythia-160m"])
     # local folders of pretrained baselines, {name: path} (used instead of the hub)
     local_models: dict = field(default_factory=dict)
     # HAMT variants trained with the same budget: gating-on|off, aux-on|off, conv-off|conv-K, slots-N

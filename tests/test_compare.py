@@ -94,6 +94,7 @@ def test_compare_writes_one_row_per_model_and_skips_with_reasons(tokens, tmp_pat
     assert result["recall"]["status"] == "ok" and set(result["recall"]["models"]) == {"hamt", "gpt2"}
     assert rows["hamt"]["mqar_trained_acc"] == result["recall"]["models"]["hamt"]["accuracy"]
     assert {r["model"] for r in result["speed"]["rows"]} == {"hamt", "gpt2"}
+    assert all(r["status"] == "ok" and r["hamt_speedup_vs_gpt2"] > 0 for r in result["speed"]["rows"])
     # files
     out = Path(params.compare.out_dir)
     with open(out / "results.csv", newline="") as f:

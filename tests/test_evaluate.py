@@ -229,3 +229,17 @@ def test_memory_diagnostics_of_hamt_and_none_for_gpt2():
 def test_resolve_device_and_name():
     assert ev.resolve_device("cpu").type == "cpu"
     assert ev.device_name("cpu").startswith("CPU")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_metrics_match_cpu_and_memory_uses_the_allocator():
+    model = tiny_gpt2()
+    ids = torch.randint(0, 50, (90,), generator=torch.Generator().manual_seed(8))
+    cpu = ev.sliding_window_nll(model, ids, 16, 8)["nll_sum"]
+    gpu_model = tiny_gpt2().cuda()
+    assert ev.sliding_window_nll(gpu_model, ids, 16, 8, device="cuda")["nll_sum"] == pytest.approx(cpu, rel=1e-4)
+    tr = ev.train_throughput(gpu_model, 2, 16, device="cuda", steps=1)
+    assert tr["mem_source"] == "cuda_allocator" and tr["peak_mem_mb"] > 0
+    rows = ev.decode_profile(tiny_hamt().cuda(), [8, 32], new_tokens=2, device="cuda")
+    assert rows[0]["state_bytes"] == rows[1]["state_bytes"] > 0
