@@ -504,7 +504,7 @@ def _speed_series(results: dict) -> tuple[list[dict], str]:
     if bench:
         rows = [{"model": r["model"], "seq_len": r["seq_len"], "train_tok_s": r["tokens_per_s"],
                  "train_peak_mem_mb": r.get("peak_mb"), "activation_mb": r.get("activation_mb"),
-                 "mem_source": "cuda_allocator" if "cuda" in str(r.get("peak_how", "")).lower() else "rss",
+                 "mem_source": r.get("peak_how") or "hamt bench",
                  "speedup": r.get("hamt_speedup_vs_gpt2")} for r in bench]
         return rows, f"results/bench/model.json (hamt bench model; {bench[0].get('device', '?')}, preset {bench[0].get('preset', '?')})"
     speed = results.get("speed") or {}
@@ -520,8 +520,13 @@ def _log2_axis(ax, values) -> None:
     ax.minorticks_off()
 
 
-def _cpu_memory(rows: list[dict]) -> bool:
-    return any(str(r.get("mem_source", "")).startswith("rss") for r in rows)
+def _memory_label(rows: list[dict]) -> str:
+    """What the peak-memory numbers are, from the rows' ``mem_source``."""
+    src = next((str(r["mem_source"]) for r in rows if r.get("mem_source")), "")
+    if src.startswith("rss"):
+        # includes the interpreter and libraries, and freed memory is reused without growing it
+        return "process peak RSS"
+    return "CUDA allocator peak" if src == "cuda_allocator" else (src or "peak")
 
 
 def plot_speed(results: dict, out: Path) -> Path | str:
@@ -529,7 +534,7 @@ def plot_speed(results: dict, out: Path) -> Path | str:
     if not rows:
         return "no throughput against sequence length (results/bench/*.json or results/compare/speed.json)"
     plt = _plt()
-    cpu = _cpu_memory(rows)
+    mem_label = _memory_label(rows)
     mem_keys = ("train_peak_mem_mb", "infer_peak_mem_mb")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for i, model in enumerate(sorted({r["model"] for r in rows})):
@@ -547,9 +552,7 @@ def plot_speed(results: dict, out: Path) -> Path | str:
         if any(a is not None for a in acts):  # exact bytes saved for backward (hamt bench): device-independent
             a2.plot(T, acts, ":^", color=c, label=f"{model} activations")
     a1.set_ylabel("tokens/s")
-    # On CPU the process RSS includes the interpreter and libraries, and freed memory is reused
-    # without growing it: differences show only once activations are large.
-    a2.set_ylabel("MB (peak: process RSS)" if cpu else "MB (peak: CUDA allocator)")
+    a2.set_ylabel(f"MB (peak: {mem_label})")
     for ax in (a1, a2):
         _log2_axis(ax, [r["seq_len"] for r in rows])
         ax.set_xlabel("sequence length (same tokens per step)")
@@ -565,7 +568,7 @@ def plot_decoding(results: dict, out: Path) -> Path | str:
     series = {n: [d for d in r.get("decode") or [] if d.get("status") == "ok"] for n, r in _rows(results).items() if _ok(r)}
     for r in _bench(results, "decode"):  # hamt bench decode: random weights, longer contexts
         if "context" in r and r.get("ms_per_token") is not None:
-            series.setdefault(f"bench {r.get('model')}", []).append(r)
+            series.setdefault(f"bench {r.get('model')} ({r.get('preset', '?')})", []).append(r)
     series = {n: sorted(s, key=lambda d: d["context"]) for n, s in series.items() if s}
     if not series:
         return "no decoding profile (results/compare/results.json rows' decode, results/bench/decode.json)"
@@ -585,6 +588,9 @@ def plot_decoding(results: dict, out: Path) -> Path | str:
     a2.set_title("Decoding state against context")
     for ax in (a1, a2):
         _log2_axis(ax, [d["context"] for pts in series.values() for d in pts])
+        ys = [y for line in ax.get_lines() for y in line.get_ydata() if y > 0]
+        if ys and max(ys) / min(ys) > 30:  # constant vs growing over orders of magnitude: show both
+            ax.set_yscale("log")
         ax.set_xlabel("context length (tokens)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
