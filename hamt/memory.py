@@ -26,6 +26,8 @@ second, small one. Chunks are processed a cache-sized block at a time and only t
 states are kept: the hand-written backward recomputes each block from its start state, so per-token
 states never exist for more than one block at a time.
 ``mode="triton"`` is the fused CUDA kernel (hamt.kernels), state on chip; chosen by ``auto`` on CUDA.
+``mode="cpu"`` is a fused C kernel for the CPU (compiled on first use, state in cache, sequential in
+time within a row, rows over threads); chosen by ``auto`` on CPU when it builds, else ``chunk``.
 """
 
 from __future__ import annotations
@@ -403,6 +405,402 @@ def memory_chunked(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: i
 
 
 # --------------------------------------------------------------------------------------------------
+# Fused CPU kernel
+# --------------------------------------------------------------------------------------------------
+#
+# The chunked path above is bound by memory traffic: every per-slot (S x F per token) tensor is
+# written and read again by separate PyTorch ops, ~30 times per token over forward and backward.
+# This kernel is the CPU counterpart of the Triton kernel: sequential in time within a (batch, head)
+# row, with the S x F state in a small local buffer that stays in cache, rows split over
+# torch.get_num_threads() threads (ctypes releases the GIL). Forward stores the state every
+# ``chunk_size`` steps; backward recomputes a chunk's states from its checkpoint and walks it
+# backwards, so memory is O(T / chunk_size) states, as in the chunked path. It is plain C compiled
+# on first use with the system C compiler (cached by source hash); without a compiler,
+# ``memory_scan(mode="auto")`` falls back to the chunked path (see cpu_kernel_status()).
+
+_CPU_KERNEL_SRC = r"""
+/* Fused CPU kernel of the memory scan: sequential in time, one (batch, head) row at a time, the
+   S x F state in a local buffer that stays in L1/L2. Complex arrays are interleaved (re, im) as
+   torch stores them; inside, slot-permuted copies are split into re/im planes so the loops over F
+   vectorise. Compiled twice, REAL = float (suffix _f32) and double (_f64). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+
+/* xp[s][f] = x[perm[s][f]] (x one interleaved row of F, xp split planes); tr, ti: F scratch. */
+static void FN(gather)(const REAL *restrict x, const int32_t *restrict perm, int64_t S, int64_t F,
+                       REAL *restrict xr, REAL *restrict xi, REAL *restrict tr, REAL *restrict ti) {
+    for (int64_t f = 0; f < F; f++) { tr[f] = x[2 * f]; ti[f] = x[2 * f + 1]; }
+    for (int64_t s = 0; s < S; s++)
+        for (int64_t f = 0; f < F; f++) {
+            xr[s * F + f] = tr[perm[s * F + f]];
+            xi[s * F + f] = ti[perm[s * F + f]];
+        }
+}
+
+/* Adjoint of gather, added to x: x[g] += sum_s dp[s][inv[s][g]] (a gather too, no scatter). */
+static void FN(scatter_add)(const REAL *restrict dr, const REAL *restrict di, const int32_t *restrict inv,
+                            int64_t S, int64_t F, REAL *restrict x, REAL *restrict tr, REAL *restrict ti) {
+    for (int64_t g = 0; g < F; g++) { tr[g] = 0; ti[g] = 0; }
+    for (int64_t s = 0; s < S; s++)
+        for (int64_t g = 0; g < F; g++) {
+            tr[g] += dr[s * F + inv[s * F + g]];
+            ti[g] += di[s * F + inv[s * F + g]];
+        }
+    for (int64_t g = 0; g < F; g++) { x[2 * g] += tr[g]; x[2 * g + 1] += ti[g]; }
+}
+
+/* M <- fd * M + w_s (Kp . V) for every slot; V one interleaved row. */
+static void FN(update)(REAL *restrict Mr, REAL *restrict Mi, const REAL *restrict Kr, const REAL *restrict Ki,
+                       const REAL *restrict v, const REAL *restrict w, REAL fd, int64_t S, int64_t F,
+                       REAL *restrict vr, REAL *restrict vi) {
+    for (int64_t f = 0; f < F; f++) { vr[f] = v[2 * f]; vi[f] = v[2 * f + 1]; }
+    for (int64_t s = 0; s < S; s++) {
+        REAL ws = w[s];
+        REAL *restrict mr = Mr + s * F, *restrict mi = Mi + s * F;
+        const REAL *restrict kr = Kr + s * F, *restrict ki = Ki + s * F;
+        for (int64_t f = 0; f < F; f++) {
+            REAL xr = kr[f] * vr[f] - ki[f] * vi[f];
+            REAL xi = kr[f] * vi[f] + ki[f] * vr[f];
+            mr[f] = fd * mr[f] + ws * xr;
+            mi[f] = fd * mi[f] + ws * xi;
+        }
+    }
+}
+
+/* out = sum_s wt[s] conj(Xp[s]) . M, written interleaved. */
+static void FN(read)(const REAL *restrict Mr, const REAL *restrict Mi, const REAL *restrict Xr,
+                     const REAL *restrict Xi, const REAL *restrict wt, int64_t S, int64_t F,
+                     REAL *restrict accr, REAL *restrict acci, REAL *restrict out) {
+    for (int64_t f = 0; f < F; f++) { accr[f] = 0; acci[f] = 0; }
+    for (int64_t s = 0; s < S; s++) {
+        REAL bs = wt[s];
+        const REAL *restrict mr = Mr + s * F, *restrict mi = Mi + s * F;
+        const REAL *restrict xr = Xr + s * F, *restrict xi = Xi + s * F;
+        for (int64_t f = 0; f < F; f++) {
+            accr[f] += bs * (xr[f] * mr[f] + xi[f] * mi[f]);
+            acci[f] += bs * (xr[f] * mi[f] - xi[f] * mr[f]);
+        }
+    }
+    for (int64_t f = 0; f < F; f++) { out[2 * f] = accr[f]; out[2 * f + 1] = acci[f]; }
+}
+
+/* Adjoint of out = sum_s wt[s] conj(Xp[s]) . M given dout: dM += wt Xp dout;
+   dwt[s] = Re sum_f (Xp dout) conj(M); dXp[s] (written) = wt M conj(dout). */
+static void FN(read_bwd)(const REAL *restrict Mr, const REAL *restrict Mi, const REAL *restrict Xr,
+                         const REAL *restrict Xi, const REAL *restrict wt, const REAL *restrict dout,
+                         int64_t S, int64_t F, REAL *restrict dMr, REAL *restrict dMi, REAL *restrict dwt,
+                         REAL *restrict dXr, REAL *restrict dXi, REAL *restrict dr, REAL *restrict di) {
+    for (int64_t f = 0; f < F; f++) { dr[f] = dout[2 * f]; di[f] = dout[2 * f + 1]; }
+    for (int64_t s = 0; s < S; s++) {
+        REAL bs = wt[s], acc = 0;
+        const REAL *restrict mr = Mr + s * F, *restrict mi = Mi + s * F;
+        const REAL *restrict xr = Xr + s * F, *restrict xi = Xi + s * F;
+        REAL *restrict gmr = dMr + s * F, *restrict gmi = dMi + s * F;
+        REAL *restrict gxr = dXr + s * F, *restrict gxi = dXi + s * F;
+        for (int64_t f = 0; f < F; f++) {
+            REAL pr = xr[f] * dr[f] - xi[f] * di[f];
+            REAL pi = xr[f] * di[f] + xi[f] * dr[f];
+            gmr[f] += bs * pr;
+            gmi[f] += bs * pi;
+            acc += mr[f] * pr + mi[f] * pi;
+            gxr[f] = bs * (mr[f] * dr[f] + mi[f] * di[f]);
+            gxi[f] = bs * (mi[f] * dr[f] - mr[f] * di[f]);
+        }
+        dwt[s] = acc;
+    }
+}
+
+/* Forward over rows [n0, n1). Contiguous layouts, complex interleaved: q, k, v, r, u (N, T, F);
+   lf (N, T); w, b, c (N, T, S); perm (S, F); state0, state1 (N, S, F); ckpt (N, ceil(T/C), S, F):
+   the state before each chunk of C steps, for the backward. c, u, state0, ckpt may be NULL. */
+void FN(hamt_scan_fwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, int64_t C,
+                       const REAL *q, const REAL *k, const REAL *v, const REAL *lf, const REAL *w,
+                       const REAL *b, const REAL *c, const int32_t *perm, const REAL *state0,
+                       REAL *r, REAL *u, REAL *state1, REAL *ckpt) {
+    int64_t SF = S * F, nck = (T + C - 1) / C;
+    REAL *buf = (REAL *)malloc(sizeof(REAL) * (6 * SF + 4 * F));
+    REAL *Mr = buf, *Mi = Mr + SF, *Kr = Mi + SF, *Ki = Kr + SF, *Qr = Ki + SF, *Qi = Qr + SF;
+    REAL *t0 = Qi + SF, *t1 = t0 + F, *t2 = t1 + F, *t3 = t2 + F;
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t i = 0; i < SF; i++) {
+            Mr[i] = state0 ? state0[2 * (n * SF + i)] : 0;
+            Mi[i] = state0 ? state0[2 * (n * SF + i) + 1] : 0;
+        }
+        for (int64_t t = 0; t < T; t++) {
+            int64_t nt = n * T + t;
+            if (ckpt && t % C == 0) {
+                REAL *ck = ckpt + 2 * (n * nck + t / C) * SF;
+                for (int64_t i = 0; i < SF; i++) { ck[2 * i] = Mr[i]; ck[2 * i + 1] = Mi[i]; }
+            }
+            FN(gather)(k + 2 * nt * F, perm, S, F, Kr, Ki, t0, t1);
+            FN(update)(Mr, Mi, Kr, Ki, v + 2 * nt * F, w + nt * S, (REAL)EXP(lf[nt]), S, F, t0, t1);
+            FN(gather)(q + 2 * nt * F, perm, S, F, Qr, Qi, t0, t1);
+            FN(read)(Mr, Mi, Qr, Qi, b + nt * S, S, F, t2, t3, r + 2 * nt * F);
+            if (c) FN(read)(Mr, Mi, Kr, Ki, c + nt * S, S, F, t2, t3, u + 2 * nt * F);
+        }
+        for (int64_t i = 0; i < SF; i++) {
+            state1[2 * (n * SF + i)] = Mr[i];
+            state1[2 * (n * SF + i) + 1] = Mi[i];
+        }
+    }
+    free(buf);
+}
+
+/* Backward over rows [n0, n1): recompute each chunk's states (and permuted keys) from its
+   checkpoint, then walk the chunk backwards. Outputs are overwritten: gq, gk, gv (N, T, F);
+   glf (N, T); gw, gb, gc (N, T, S); gstate0 (N, S, F). gu, gc NULL without the key read-back;
+   gstate1 NULL means zero. inv (S, F) is the inverse permutation. */
+void FN(hamt_scan_bwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, int64_t C,
+                       const REAL *q, const REAL *k, const REAL *v, const REAL *lf, const REAL *w,
+                       const REAL *b, const REAL *c, const int32_t *perm, const int32_t *inv,
+                       const REAL *ckpt, const REAL *gr, const REAL *gu, const REAL *gstate1,
+                       REAL *gq, REAL *gk, REAL *gv, REAL *glf, REAL *gw, REAL *gb, REAL *gc, REAL *gstate0) {
+    int64_t SF = S * F, nck = (T + C - 1) / C;
+    REAL *buf = (REAL *)malloc(sizeof(REAL) * (4 * (C + 1) * SF + 8 * SF + 8 * F));
+    REAL *Ms = buf;                    /* C+1 states, each [re plane, im plane] */
+    REAL *Ks = Ms + 2 * (C + 1) * SF;  /* the permuted keys of the chunk's C steps, same layout */
+    REAL *dMr = Ks + 2 * (C + 1) * SF, *dMi = dMr + SF, *Qr = dMi + SF, *Qi = Qr + SF;
+    REAL *dQr = Qi + SF, *dQi = dQr + SF, *dKr = dQi + SF, *dKi = dKr + SF;
+    REAL *vr = dKi + SF, *vi = vr + F, *t0 = vi + F, *t1 = t0 + F, *t2 = t1 + F, *t3 = t2 + F;
+    REAL *av = t3 + F, *bv = av + F;
+    for (int64_t n = n0; n < n1; n++) {
+        memset(gq + 2 * n * T * F, 0, sizeof(REAL) * 2 * T * F);
+        memset(gk + 2 * n * T * F, 0, sizeof(REAL) * 2 * T * F);
+        for (int64_t i = 0; i < SF; i++) {
+            dMr[i] = gstate1 ? gstate1[2 * (n * SF + i)] : 0;
+            dMi[i] = gstate1 ? gstate1[2 * (n * SF + i) + 1] : 0;
+        }
+        for (int64_t ci = nck - 1; ci >= 0; ci--) {
+            int64_t ta = ci * C, tb = ta + C < T ? ta + C : T;
+            const REAL *ck = ckpt + 2 * (n * nck + ci) * SF;
+            for (int64_t i = 0; i < SF; i++) { Ms[i] = ck[2 * i]; Ms[SF + i] = ck[2 * i + 1]; }
+            for (int64_t t = ta; t < tb; t++) {
+                int64_t nt = n * T + t, j = t - ta;
+                REAL *cur = Ms + 2 * (j + 1) * SF, *kp = Ks + 2 * j * SF;
+                memcpy(cur, Ms + 2 * j * SF, sizeof(REAL) * 2 * SF);
+                FN(gather)(k + 2 * nt * F, perm, S, F, kp, kp + SF, t0, t1);
+                FN(update)(cur, cur + SF, kp, kp + SF, v + 2 * nt * F, w + nt * S, (REAL)EXP(lf[nt]), S, F, vr, vi);
+            }
+            for (int64_t t = tb - 1; t >= ta; t--) {
+                int64_t nt = n * T + t, j = t - ta;
+                const REAL *Mcr = Ms + 2 * (j + 1) * SF, *Mci = Mcr + SF;  /* M_t */
+                const REAL *Mpr = Ms + 2 * j * SF, *Mpi = Mpr + SF;        /* M_{t-1} */
+                const REAL *Kr = Ks + 2 * j * SF, *Ki = Kr + SF;
+                FN(gather)(q + 2 * nt * F, perm, S, F, Qr, Qi, t0, t1);
+                FN(read_bwd)(Mcr, Mci, Qr, Qi, b + nt * S, gr + 2 * nt * F, S, F, dMr, dMi, gb + nt * S,
+                             dQr, dQi, t0, t1);
+                FN(scatter_add)(dQr, dQi, inv, S, F, gq + 2 * nt * F, t0, t1);
+                if (c) {
+                    FN(read_bwd)(Mcr, Mci, Kr, Ki, c + nt * S, gu + 2 * nt * F, S, F, dMr, dMi, gc + nt * S,
+                                 dKr, dKi, t0, t1);
+                } else {
+                    memset(dKr, 0, sizeof(REAL) * 2 * SF);
+                }
+                /* M_t = fd M_{t-1} + w_s (Kp . V): dlf, dw, dKp (+=), dV, and dM_{t-1} = fd dM_t */
+                REAL fd = (REAL)EXP(lf[nt]), accf = 0;
+                const REAL *vt = v + 2 * nt * F;
+                for (int64_t f = 0; f < F; f++) { vr[f] = vt[2 * f]; vi[f] = vt[2 * f + 1]; av[f] = 0; bv[f] = 0; }
+                for (int64_t s = 0; s < S; s++) {
+                    REAL ws = w[nt * S + s], accw = 0;
+                    REAL *restrict gmr = dMr + s * F, *restrict gmi = dMi + s * F;
+                    REAL *restrict gkr = dKr + s * F, *restrict gki = dKi + s * F;
+                    const REAL *restrict kr = Kr + s * F, *restrict ki = Ki + s * F;
+                    const REAL *restrict mpr = Mpr + s * F, *restrict mpi = Mpi + s * F;
+                    for (int64_t f = 0; f < F; f++) {
+                        REAL dmr = gmr[f], dmi = gmi[f];
+                        accf += dmr * mpr[f] + dmi * mpi[f];
+                        REAL kvr = kr[f] * vr[f] - ki[f] * vi[f], kvi = kr[f] * vi[f] + ki[f] * vr[f];
+                        accw += dmr * kvr + dmi * kvi;
+                        REAL dkr = ws * dmr, dki = ws * dmi;
+                        av[f] += dkr * kr[f] + dki * ki[f];
+                        bv[f] += dki * kr[f] - dkr * ki[f];
+                        gkr[f] += dkr * vr[f] + dki * vi[f];
+                        gki[f] += dki * vr[f] - dkr * vi[f];
+                        gmr[f] = fd * dmr;
+                        gmi[f] = fd * dmi;
+                    }
+                    gw[nt * S + s] = accw;
+                }
+                REAL *gvt = gv + 2 * nt * F;
+                for (int64_t f = 0; f < F; f++) { gvt[2 * f] = av[f]; gvt[2 * f + 1] = bv[f]; }
+                FN(scatter_add)(dKr, dKi, inv, S, F, gk + 2 * nt * F, t0, t1);
+                glf[nt] = fd * accf;
+            }
+        }
+        for (int64_t i = 0; i < SF; i++) {
+            gstate0[2 * (n * SF + i)] = dMr[i];
+            gstate0[2 * (n * SF + i) + 1] = dMi[i];
+        }
+    }
+    free(buf);
+}
+"""
+
+_CPU_KERNEL_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math",
+                     "-fno-signed-zeros", "-fassociative-math"]
+_cpu_kernel_lib = None
+_cpu_kernel_error: str | None = None
+
+
+def _compile_cpu_kernel():
+    """Build (or reuse) the shared library; returns the ctypes handle or raises with the reason."""
+    import ctypes
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    if os.environ.get("HAMT_CPU_KERNEL", "1") == "0":
+        raise RuntimeError("disabled by HAMT_CPU_KERNEL=0")
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler found (set CC)")
+    variants = [("float", "_f32", "expf"), ("double", "_f64", "exp")]
+    src = "".join(f"#define REAL {r}\n#define SFX {x}\n#define EXP {e}\n{_CPU_KERNEL_SRC}\n#undef REAL\n#undef SFX\n#undef EXP\n"
+                  for r, x, e in variants)
+    key = hashlib.sha256((src + " ".join([cc, *_CPU_KERNEL_FLAGS])).encode()).hexdigest()[:16]
+    folder = os.environ.get("HAMT_CPU_KERNEL_DIR") or os.path.join(tempfile.gettempdir(), f"hamt-cpu-kernel-{os.getuid()}")
+    os.makedirs(folder, exist_ok=True)
+    lib_path = os.path.join(folder, f"memory_{key}.so")
+    if not os.path.exists(lib_path):
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            c_path, out = os.path.join(tmp, "memory.c"), os.path.join(tmp, "memory.so")
+            with open(c_path, "w", encoding="utf-8") as f:
+                f.write(src)
+            proc = subprocess.run([cc, *_CPU_KERNEL_FLAGS, "-o", out, c_path, "-lm"], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
+            os.replace(out, lib_path)  # atomic: concurrent processes see the old or the new file
+    lib = ctypes.CDLL(lib_path)
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    for sfx in ("_f32", "_f64"):
+        fwd, bwd = getattr(lib, "hamt_scan_fwd" + sfx), getattr(lib, "hamt_scan_bwd" + sfx)
+        fwd.argtypes, fwd.restype = [i] * 6 + [p] * 13, None
+        bwd.argtypes, bwd.restype = [i] * 6 + [p] * 21, None
+    return lib
+
+
+def cpu_kernel_status() -> tuple[bool, str]:
+    """(available, reason): whether the fused CPU kernel could be built and loaded here."""
+    global _cpu_kernel_lib, _cpu_kernel_error
+    if _cpu_kernel_lib is None and _cpu_kernel_error is None:
+        try:
+            _cpu_kernel_lib = _compile_cpu_kernel()
+        except Exception as e:  # any failure means: use the chunked path
+            _cpu_kernel_error = f"{type(e).__name__}: {e}"
+    return _cpu_kernel_lib is not None, _cpu_kernel_error or "ok"
+
+
+def cpu_kernel_available(x: Tensor) -> bool:
+    """The fused CPU kernel can run on tensors like ``x`` (a CPU complex64/complex128 tensor)."""
+    return x.device.type == "cpu" and x.dtype in (torch.complex64, torch.complex128) and cpu_kernel_status()[0]
+
+
+def _ptr(t: Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _run_rows(fn, N: int, *args) -> None:
+    """fn(n0, n1, *args) over row ranges, on torch.get_num_threads() threads."""
+    import concurrent.futures
+
+    nt = max(1, min(torch.get_num_threads(), N))
+    if nt == 1:
+        fn(0, N, *args)
+        return
+    bounds = [N * i // nt for i in range(nt + 1)]
+    with concurrent.futures.ThreadPoolExecutor(nt) as pool:
+        list(pool.map(lambda i: fn(bounds[i], bounds[i + 1], *args), range(nt)))
+
+
+def _sfx(x: Tensor) -> str:
+    return "_f32" if x.dtype == torch.complex64 else "_f64"
+
+
+def _rows(x: Tensor | None) -> Tensor | None:
+    """(B, T, H, ...) -> (B*H, T, ...) contiguous, conj resolved (the kernel reads raw memory)."""
+    if x is None:
+        return None
+    B, T, H = x.shape[:3]
+    return x.transpose(1, 2).reshape(B * H, T, *x.shape[3:]).resolve_conj().contiguous()
+
+
+def _unrows(x: Tensor, B: int) -> Tensor:
+    return x.unflatten(0, (B, -1)).transpose(1, 2)
+
+
+def _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, keep: bool):
+    B, T, H, F = q.shape
+    S, N = perm.shape[0], B * H
+    rows = [_rows(x) for x in (q, k, v, log_f, w, b, c)]
+    perm32 = perm.to(torch.int32).contiguous()
+    st0 = None if state is None else state.reshape(N, S, F).resolve_conj().contiguous()
+    r = q.new_empty(N, T, F)
+    u = q.new_empty(N, T, F) if c is not None else None
+    st1 = q.new_empty(N, S, F)
+    ckpt = q.new_empty(N, -(-T // chunk), S, F) if keep else None
+    fn = getattr(_cpu_kernel_lib, "hamt_scan_fwd" + _sfx(q))
+    _run_rows(fn, N, T, S, F, chunk, *map(_ptr, [*rows, perm32, st0, r, u, st1, ckpt]))
+    out = (_unrows(r, B), None if u is None else _unrows(u, B), st1.view(B, H, S, F))
+    return out, (rows, perm32, ckpt)
+
+
+class _FusedCPUScan(torch.autograd.Function):
+    """The fused CPU kernel with its chunk-recomputing backward kernel."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_f, w, b, c, state, perm, chunk):
+        (r, u, final), (rows, perm32, ckpt) = _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, keep=True)
+        ctx.save_for_backward(*[x for x in rows if x is not None], perm32, ckpt)
+        ctx.has_c, ctx.has_state, ctx.chunk, ctx.B = c is not None, state is not None, chunk, q.shape[0]
+        return r, u, final
+
+    @staticmethod
+    def backward(ctx, gr, gu, gstate):
+        saved = list(ctx.saved_tensors)
+        Q, K, V, LF, W, Bb = saved[:6]
+        Cc = saved[6] if ctx.has_c else None
+        perm32, ckpt = saved[-2], saved[-1]
+        N, T, F = Q.shape
+        S, B = perm32.shape[0], ctx.B
+        inv32 = perm32.long().argsort(-1).to(torch.int32).contiguous()
+        GR = _rows(gr) if gr is not None else torch.zeros_like(Q)
+        GU = (_rows(gu) if gu is not None else torch.zeros_like(Q)) if ctx.has_c else None
+        GS = None if gstate is None else gstate.reshape(N, S, F).resolve_conj().contiguous()
+        grads = [torch.empty_like(x) for x in (Q, K, V, LF, W, Bb)]
+        gc = torch.empty_like(Cc) if Cc is not None else None
+        gs0 = Q.new_empty(N, S, F)
+        fn = getattr(_cpu_kernel_lib, "hamt_scan_bwd" + _sfx(Q))
+        _run_rows(fn, N, T, S, F, ctx.chunk,
+                  *map(_ptr, [Q, K, V, LF, W, Bb, Cc, perm32, inv32, ckpt, GR, GU, GS, *grads, gc, gs0]))
+        gq, gk, gv, glf, gw, gb = (_unrows(g, B) for g in grads)
+        gc = _unrows(gc, B) if gc is not None else None
+        gstate_in = gs0.view(B, -1, S, F) if ctx.has_state else None
+        return gq, gk, gv, glf, gw, gb, gc, gstate_in, None, None
+
+
+def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = 64):
+    """The fused CPU kernel (same contract as memory_reference); needs cpu_kernel_available(q)."""
+    ok, why = cpu_kernel_status()
+    if not ok:
+        raise RuntimeError(f"the fused CPU memory kernel is unavailable ({why}); use mode='chunk'")
+    chunk = max(1, int(chunk_size))
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, log_f, w, b, c, state)
+    ):
+        return _FusedCPUScan.apply(q, k, v, log_f, w, b, c, state, perm, chunk)
+    out, _ = _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, keep=False)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # Dispatch
 # --------------------------------------------------------------------------------------------------
 
@@ -420,13 +818,18 @@ def triton_available(device: torch.device) -> bool:
 def memory_scan(q, k, v, log_f, w, b, perm, state=None, c=None, mode: str = "auto", chunk_size: int = 64):
     """Run the memory over a segment; see the module docstring for shapes. Returns (r, u, final_state)."""
     if mode == "auto":
-        mode = "triton" if triton_available(q.device) else "chunk"
+        if triton_available(q.device):
+            mode = "triton"
+        else:
+            mode = "cpu" if cpu_kernel_available(q) else "chunk"
     if mode == "reference":
         return memory_reference(q, k, v, log_f, w, b, perm, state, c)
     if mode == "chunk":
         return memory_chunked(q, k, v, log_f, w, b, perm, state, c, chunk_size)
+    if mode == "cpu":
+        return memory_fused_cpu(q, k, v, log_f, w, b, perm, state, c, chunk_size)
     if mode == "triton":
         from hamt.kernels.triton_memory import memory_triton
 
         return memory_triton(q, k, v, log_f, w, b, perm, state, c)
-    raise ValueError(f"unknown memory mode {mode!r}; use auto, chunk, reference or triton")
+    raise ValueError(f"unknown memory mode {mode!r}; use auto, chunk, cpu, reference or triton")
