@@ -443,8 +443,8 @@ static void FN(gather)(const REAL *restrict x, const int32_t *restrict perm, int
         }
 }
 
-/* Adjoint of gather, added to x: x[g] += sum_s dp[s][inv[s][g]] (a gather too, no scatter). */
-static void FN(scatter_add)(const REAL *restrict dr, const REAL *restrict di, const int32_t *restrict inv,
+/* Adjoint of gather, written to x: x[g] = sum_s dp[s][inv[s][g]] (a gather too, no scatter). */
+static void FN(unscatter)(const REAL *restrict dr, const REAL *restrict di, const int32_t *restrict inv,
                             int64_t S, int64_t F, REAL *restrict x, REAL *restrict tr, REAL *restrict ti) {
     for (int64_t g = 0; g < F; g++) { tr[g] = 0; ti[g] = 0; }
     for (int64_t s = 0; s < S; s++)
@@ -452,7 +452,7 @@ static void FN(scatter_add)(const REAL *restrict dr, const REAL *restrict di, co
             tr[g] += dr[s * F + inv[s * F + g]];
             ti[g] += di[s * F + inv[s * F + g]];
         }
-    for (int64_t g = 0; g < F; g++) { x[2 * g] += tr[g]; x[2 * g + 1] += ti[g]; }
+    for (int64_t g = 0; g < F; g++) { x[2 * g] = tr[g]; x[2 * g + 1] = ti[g]; }
 }
 
 /* M <- fd * M + w_s (Kp . V) for every slot; V one interleaved row. */
@@ -516,10 +516,14 @@ static void FN(read_bwd)(const REAL *restrict Mr, const REAL *restrict Mi, const
     }
 }
 
-/* Forward over rows [n0, n1). Contiguous layouts, complex interleaved: q, k, v, r, u (N, T, F);
-   lf (N, T); w, b, c (N, T, S); perm (S, F); state0, state1 (N, S, F); ckpt (N, ceil(T/C), S, F):
-   the state before each chunk of C steps, for the backward. c, u, state0, ckpt may be NULL. */
-void FN(hamt_scan_fwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, int64_t C,
+/* Row n = b * H + h of a batch-major (B, T, H, ...) tensor, at time t. */
+#define IDX(n, t) ((((n) / H) * T + (t)) * H + (n) % H)
+
+/* Forward over rows [n0, n1) (row = one batch element and head). Contiguous batch-major layouts,
+   complex interleaved: q, k, v, r, u (B, T, H, F); lf (B, T, H); w, b, c (B, T, H, S); perm (S, F);
+   state0, state1 (B, H, S, F); ckpt (B*H, ceil(T/C), S, F): the state before each chunk of C steps,
+   for the backward. c, u, state0, ckpt may be NULL. */
+void FN(hamt_scan_fwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, int64_t C, int64_t H,
                        const REAL *q, const REAL *k, const REAL *v, const REAL *lf, const REAL *w,
                        const REAL *b, const REAL *c, const int32_t *perm, const REAL *state0,
                        REAL *r, REAL *u, REAL *state1, REAL *ckpt) {
@@ -533,7 +537,7 @@ void FN(hamt_scan_fwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, 
             Mi[i] = state0 ? state0[2 * (n * SF + i) + 1] : 0;
         }
         for (int64_t t = 0; t < T; t++) {
-            int64_t nt = n * T + t;
+            int64_t nt = IDX(n, t);
             if (ckpt && t % C == 0) {
                 REAL *ck = ckpt + 2 * (n * nck + t / C) * SF;
                 for (int64_t i = 0; i < SF; i++) { ck[2 * i] = Mr[i]; ck[2 * i + 1] = Mi[i]; }
@@ -553,10 +557,10 @@ void FN(hamt_scan_fwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, 
 }
 
 /* Backward over rows [n0, n1): recompute each chunk's states (and permuted keys) from its
-   checkpoint, then walk the chunk backwards. Outputs are overwritten: gq, gk, gv (N, T, F);
-   glf (N, T); gw, gb, gc (N, T, S); gstate0 (N, S, F). gu, gc NULL without the key read-back;
-   gstate1 NULL means zero. inv (S, F) is the inverse permutation. */
-void FN(hamt_scan_bwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, int64_t C,
+   checkpoint, then walk the chunk backwards. Outputs (layouts as their inputs) are overwritten:
+   gq, gk, gv, glf, gw, gb, gc, gstate0. gu, gc NULL without the key read-back; gstate1 NULL means
+   zero. inv (S, F) is the inverse permutation. */
+void FN(hamt_scan_bwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, int64_t C, int64_t H,
                        const REAL *q, const REAL *k, const REAL *v, const REAL *lf, const REAL *w,
                        const REAL *b, const REAL *c, const int32_t *perm, const int32_t *inv,
                        const REAL *ckpt, const REAL *gr, const REAL *gu, const REAL *gstate1,
@@ -570,8 +574,6 @@ void FN(hamt_scan_bwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, 
     REAL *vr = dKi + SF, *vi = vr + F, *t0 = vi + F, *t1 = t0 + F, *t2 = t1 + F, *t3 = t2 + F;
     REAL *av = t3 + F, *bv = av + F;
     for (int64_t n = n0; n < n1; n++) {
-        memset(gq + 2 * n * T * F, 0, sizeof(REAL) * 2 * T * F);
-        memset(gk + 2 * n * T * F, 0, sizeof(REAL) * 2 * T * F);
         for (int64_t i = 0; i < SF; i++) {
             dMr[i] = gstate1 ? gstate1[2 * (n * SF + i)] : 0;
             dMi[i] = gstate1 ? gstate1[2 * (n * SF + i) + 1] : 0;
@@ -581,21 +583,21 @@ void FN(hamt_scan_bwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, 
             const REAL *ck = ckpt + 2 * (n * nck + ci) * SF;
             for (int64_t i = 0; i < SF; i++) { Ms[i] = ck[2 * i]; Ms[SF + i] = ck[2 * i + 1]; }
             for (int64_t t = ta; t < tb; t++) {
-                int64_t nt = n * T + t, j = t - ta;
+                int64_t nt = IDX(n, t), j = t - ta;
                 REAL *cur = Ms + 2 * (j + 1) * SF, *kp = Ks + 2 * j * SF;
                 memcpy(cur, Ms + 2 * j * SF, sizeof(REAL) * 2 * SF);
                 FN(gather)(k + 2 * nt * F, perm, S, F, kp, kp + SF, t0, t1);
                 FN(update)(cur, cur + SF, kp, kp + SF, v + 2 * nt * F, w + nt * S, (REAL)EXP(lf[nt]), S, F, vr, vi);
             }
             for (int64_t t = tb - 1; t >= ta; t--) {
-                int64_t nt = n * T + t, j = t - ta;
+                int64_t nt = IDX(n, t), j = t - ta;
                 const REAL *Mcr = Ms + 2 * (j + 1) * SF, *Mci = Mcr + SF;  /* M_t */
                 const REAL *Mpr = Ms + 2 * j * SF, *Mpi = Mpr + SF;        /* M_{t-1} */
                 const REAL *Kr = Ks + 2 * j * SF, *Ki = Kr + SF;
                 FN(gather)(q + 2 * nt * F, perm, S, F, Qr, Qi, t0, t1);
                 FN(read_bwd)(Mcr, Mci, Qr, Qi, b + nt * S, gr + 2 * nt * F, S, F, dMr, dMi, gb + nt * S,
                              dQr, dQi, t0, t1);
-                FN(scatter_add)(dQr, dQi, inv, S, F, gq + 2 * nt * F, t0, t1);
+                FN(unscatter)(dQr, dQi, inv, S, F, gq + 2 * nt * F, t0, t1);
                 if (c) {
                     FN(read_bwd)(Mcr, Mci, Kr, Ki, c + nt * S, gu + 2 * nt * F, S, F, dMr, dMi, gc + nt * S,
                                  dKr, dKi, t0, t1);
@@ -629,7 +631,7 @@ void FN(hamt_scan_bwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, 
                 }
                 REAL *gvt = gv + 2 * nt * F;
                 for (int64_t f = 0; f < F; f++) { gvt[2 * f] = av[f]; gvt[2 * f + 1] = bv[f]; }
-                FN(scatter_add)(dKr, dKi, inv, S, F, gk + 2 * nt * F, t0, t1);
+                FN(unscatter)(dKr, dKi, inv, S, F, gk + 2 * nt * F, t0, t1);
                 glf[nt] = fd * accf;
             }
         }
@@ -640,6 +642,7 @@ void FN(hamt_scan_bwd)(int64_t n0, int64_t n1, int64_t T, int64_t S, int64_t F, 
     }
     free(buf);
 }
+#undef IDX
 """
 
 _CPU_KERNEL_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math",
@@ -682,8 +685,8 @@ def _compile_cpu_kernel():
     p, i = ctypes.c_void_p, ctypes.c_int64
     for sfx in ("_f32", "_f64"):
         fwd, bwd = getattr(lib, "hamt_scan_fwd" + sfx), getattr(lib, "hamt_scan_bwd" + sfx)
-        fwd.argtypes, fwd.restype = [i] * 6 + [p] * 13, None
-        bwd.argtypes, bwd.restype = [i] * 6 + [p] * 21, None
+        fwd.argtypes, fwd.restype = [i] * 7 + [p] * 13, None
+        bwd.argtypes, bwd.restype = [i] * 7 + [p] * 21, None
     return lib
 
 
@@ -724,32 +727,25 @@ def _sfx(x: Tensor) -> str:
     return "_f32" if x.dtype == torch.complex64 else "_f64"
 
 
-def _rows(x: Tensor | None) -> Tensor | None:
-    """(B, T, H, ...) -> (B*H, T, ...) contiguous, conj resolved (the kernel reads raw memory)."""
-    if x is None:
-        return None
-    B, T, H = x.shape[:3]
-    return x.transpose(1, 2).reshape(B * H, T, *x.shape[3:]).resolve_conj().contiguous()
-
-
-def _unrows(x: Tensor, B: int) -> Tensor:
-    return x.unflatten(0, (B, -1)).transpose(1, 2)
+def _flat(x: Tensor | None) -> Tensor | None:
+    """Contiguous with the conjugation resolved (the kernel reads raw memory); a no-op for the model's
+    inputs, which are already contiguous batch-major (B, T, H, ...) tensors."""
+    return None if x is None else x.resolve_conj().contiguous()
 
 
 def _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, keep: bool):
     B, T, H, F = q.shape
     S, N = perm.shape[0], B * H
-    rows = [_rows(x) for x in (q, k, v, log_f, w, b, c)]
+    ins = [_flat(x) for x in (q, k, v, log_f, w, b, c)]
     perm32 = perm.to(torch.int32).contiguous()
-    st0 = None if state is None else state.reshape(N, S, F).resolve_conj().contiguous()
-    r = q.new_empty(N, T, F)
-    u = q.new_empty(N, T, F) if c is not None else None
-    st1 = q.new_empty(N, S, F)
+    st0 = _flat(state)
+    r = torch.empty_like(ins[0])
+    u = torch.empty_like(ins[0]) if c is not None else None
+    st1 = q.new_empty(B, H, S, F)
     ckpt = q.new_empty(N, -(-T // chunk), S, F) if keep else None
     fn = getattr(_cpu_kernel_lib, "hamt_scan_fwd" + _sfx(q))
-    _run_rows(fn, N, T, S, F, chunk, *map(_ptr, [*rows, perm32, st0, r, u, st1, ckpt]))
-    out = (_unrows(r, B), None if u is None else _unrows(u, B), st1.view(B, H, S, F))
-    return out, (rows, perm32, ckpt)
+    _run_rows(fn, N, T, S, F, chunk, H, *map(_ptr, [*ins, perm32, st0, r, u, st1, ckpt]))
+    return (r, u, st1), (ins, perm32, ckpt)
 
 
 class _FusedCPUScan(torch.autograd.Function):
@@ -757,33 +753,27 @@ class _FusedCPUScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, log_f, w, b, c, state, perm, chunk):
-        (r, u, final), (rows, perm32, ckpt) = _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, keep=True)
-        ctx.save_for_backward(*[x for x in rows if x is not None], perm32, ckpt)
-        ctx.has_c, ctx.has_state, ctx.chunk, ctx.B = c is not None, state is not None, chunk, q.shape[0]
+        (r, u, final), (ins, perm32, ckpt) = _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, keep=True)
+        ctx.save_for_backward(*[x for x in ins if x is not None], perm32, ckpt)
+        ctx.has_c, ctx.has_state, ctx.chunk = c is not None, state is not None, chunk
         return r, u, final
 
     @staticmethod
     def backward(ctx, gr, gu, gstate):
         saved = list(ctx.saved_tensors)
-        Q, K, V, LF, W, Bb = saved[:6]
-        Cc = saved[6] if ctx.has_c else None
+        ins = saved[:6] + [saved[6] if ctx.has_c else None]
         perm32, ckpt = saved[-2], saved[-1]
-        N, T, F = Q.shape
-        S, B = perm32.shape[0], ctx.B
+        B, T, H, F = ins[0].shape
+        S, N = perm32.shape[0], B * H
         inv32 = perm32.long().argsort(-1).to(torch.int32).contiguous()
-        GR = _rows(gr) if gr is not None else torch.zeros_like(Q)
-        GU = (_rows(gu) if gu is not None else torch.zeros_like(Q)) if ctx.has_c else None
-        GS = None if gstate is None else gstate.reshape(N, S, F).resolve_conj().contiguous()
-        grads = [torch.empty_like(x) for x in (Q, K, V, LF, W, Bb)]
-        gc = torch.empty_like(Cc) if Cc is not None else None
-        gs0 = Q.new_empty(N, S, F)
-        fn = getattr(_cpu_kernel_lib, "hamt_scan_bwd" + _sfx(Q))
-        _run_rows(fn, N, T, S, F, ctx.chunk,
-                  *map(_ptr, [Q, K, V, LF, W, Bb, Cc, perm32, inv32, ckpt, GR, GU, GS, *grads, gc, gs0]))
-        gq, gk, gv, glf, gw, gb = (_unrows(g, B) for g in grads)
-        gc = _unrows(gc, B) if gc is not None else None
-        gstate_in = gs0.view(B, -1, S, F) if ctx.has_state else None
-        return gq, gk, gv, glf, gw, gb, gc, gstate_in, None, None
+        gr = _flat(gr) if gr is not None else torch.zeros_like(ins[0])
+        gu = (_flat(gu) if gu is not None else torch.zeros_like(ins[0])) if ctx.has_c else None
+        grads = [None if x is None else torch.empty_like(x) for x in ins]
+        gs0 = ins[0].new_empty(B, H, S, F)
+        fn = getattr(_cpu_kernel_lib, "hamt_scan_bwd" + _sfx(ins[0]))
+        _run_rows(fn, N, T, S, F, ctx.chunk, H,
+                  *map(_ptr, [*ins, perm32, inv32, ckpt, gr, gu, _flat(gstate), *grads, gs0]))
+        return (*grads, gs0 if ctx.has_state else None, None, None)
 
 
 def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = 64):

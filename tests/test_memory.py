@@ -159,6 +159,12 @@ def test_fused_cpu_threads_and_auto_mode():
         torch.set_num_threads(threads)
     for x, y in zip(one, two):
         assert torch.equal(x, y)
+    # non-contiguous (head-major strided) and conjugate-view inputs are read correctly
+    strided = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v, log_f, w, b)]
+    q_conj = q.conj().resolve_conj().conj()  # same values as q, a lazy conjugate view
+    three = _fused(q_conj, *strided[1:], perm, state, a, chunk_size=8)
+    for x, y in zip(one, three):
+        torch.testing.assert_close(x, y, **TOL[torch.float64])
     calls = []
     orig = hamt.memory.memory_fused_cpu
     try:
