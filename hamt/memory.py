@@ -376,7 +376,8 @@ class _ChunkedScan(torch.autograd.Function):
         Kc = _head_major(k.conj(), Tp)
         lf, wh, bh, ch = (_head_major(x, Tp) for x in (log_f, w, b, c))
         gr = _head_major(gr, Tp) if gr is not None else torch.zeros_like(Q)
-        gu = _head_major(gu, Tp) if (c is not None and gu is not None) else (torch.zeros_like(Q) if c is not None else None)
+        if c is not None:
+            gu = _head_major(gu, Tp) if gu is not None else torch.zeros_like(Q)
         gMb = gstate.reshape(N, S, F) if gstate is not None else Q.new_zeros(N, S, F)
         grads = [torch.empty_like(x) for x in (Q, K, Q, lf, wh, bh)] + ([torch.empty_like(ch)] if c is not None else [])
         ws = _Workspace()
@@ -666,10 +667,17 @@ def _compile_cpu_kernel():
     if not cc:
         raise RuntimeError("no C compiler found (set CC)")
     variants = [("float", "_f32", "expf"), ("double", "_f64", "exp")]
-    src = "".join(f"#define REAL {r}\n#define SFX {x}\n#define EXP {e}\n{_CPU_KERNEL_SRC}\n#undef REAL\n#undef SFX\n#undef EXP\n"
-                  for r, x, e in variants)
-    key = hashlib.sha256((src + " ".join([cc, *_CPU_KERNEL_FLAGS])).encode()).hexdigest()[:16]
-    folder = os.environ.get("HAMT_CPU_KERNEL_DIR") or os.path.join(tempfile.gettempdir(), f"hamt-cpu-kernel-{os.getuid()}")
+    src = "".join(f"#define REAL {r}\n#define SFX {x}\n#define EXP {e}\n{_CPU_KERNEL_SRC}\n"
+                  "#undef REAL\n#undef SFX\n#undef EXP\n" for r, x, e in variants)
+    cpu = ""  # -march=native: a library built for one CPU must not be loaded on another
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        pass
+    key = hashlib.sha256((src + " ".join([cc, *_CPU_KERNEL_FLAGS]) + cpu).encode()).hexdigest()[:16]
+    folder = os.environ.get("HAMT_CPU_KERNEL_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                   f"hamt-cpu-kernel-{os.getuid()}")
     os.makedirs(folder, exist_ok=True)
     lib_path = os.path.join(folder, f"memory_{key}.so")
     if not os.path.exists(lib_path):
@@ -736,7 +744,10 @@ def _flat(x: Tensor | None) -> Tensor | None:
 def _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, keep: bool):
     B, T, H, F = q.shape
     S, N = perm.shape[0], B * H
-    ins = [_flat(x) for x in (q, k, v, log_f, w, b, c)]
+    real = torch.float32 if q.dtype == torch.complex64 else torch.float64  # the kernel's REAL
+    ins = [_flat(x.to(q.dtype)) for x in (q, k, v)]
+    ins += [None if x is None else _flat(x.to(real)) for x in (log_f, w, b, c)]
+    state = None if state is None else state.to(q.dtype)
     perm32 = perm.to(torch.int32).contiguous()
     st0 = _flat(state)
     r = torch.empty_like(ins[0])
@@ -781,6 +792,9 @@ def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size:
     ok, why = cpu_kernel_status()
     if not ok:
         raise RuntimeError(f"the fused CPU memory kernel is unavailable ({why}); use mode='chunk'")
+    if not cpu_kernel_available(q):
+        raise ValueError(f"the fused CPU memory kernel needs complex64/complex128 CPU tensors, got {q.dtype} on "
+                         f"{q.device}; use mode='chunk'")
     chunk = max(1, int(chunk_size))
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, log_f, w, b, c, state)

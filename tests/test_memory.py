@@ -175,6 +175,16 @@ def test_fused_cpu_threads_and_auto_mode():
     assert calls == [1]
 
 
+def test_fused_cpu_casts_gates_and_rejects_other_dtypes():
+    """float32 gates with complex128 inputs are cast to the kernel's precision; non-complex inputs are refused."""
+    q, k, v, log_f, w, b, perm, state, a = make_inputs(2, 9, 2, 3, 5, torch.float64)
+    ref = memory_reference(q, k, v, log_f, w, b, perm, state, a)
+    out = _fused(q, k, v, log_f.float().double(), w.float(), b.float(), perm, state, a.float(), chunk_size=4)
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="complex64/complex128"):
+        memory_fused_cpu(q.real, k.real, v.real, log_f, w, b, perm)
+
+
 def test_float64_gradcheck_of_fused_cpu_kernel():
     q, k, v, log_f, w, b, perm, state, a = make_inputs(1, 6, 1, 2, 3, torch.float64)
     _fused(q, k, v, log_f, w, b, perm, state, None, chunk_size=4)  # skips without the kernel
