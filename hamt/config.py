@@ -73,8 +73,8 @@ class HAMTConfig(PreTrainedConfig):
     mlp_ratio: float = 3.0
     # share the input embedding with the output projection
     tie_word_embeddings: bool = False
-    # memory implementation: auto (triton on CUDA when available, else chunk), chunk, reference
-    memory_mode: Literal["auto", "chunk", "reference", "triton"] = "auto"
+    # memory implementation: auto (triton on CUDA, the fused C kernel on CPU, else chunk), cpu, chunk, reference, triton
+    memory_mode: Literal["auto", "cpu", "chunk", "reference", "triton"] = "auto"
     # time steps per chunk of the parallel memory path
     chunk_size: int = 64
     # epsilon of RMSNorm and of the unitary key/query normalisation
