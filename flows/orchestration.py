@@ -21,6 +21,7 @@ Environment variables read here (all optional):
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import dataclasses
@@ -250,14 +251,16 @@ class _Tail:
     def __init__(self, stream, sink, keep: int = 40):
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
         self._partial = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span two reads
         self._thread = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
         self._thread.start()
 
     def _pump(self, stream, sink) -> None:
         for chunk in iter(lambda: stream.read1(1 << 14), b""):
-            sink.write(chunk.decode("utf-8", "replace"))
+            text = self._decoder.decode(chunk)
+            sink.write(text)
             sink.flush()
-            text = (self._partial + chunk.decode("utf-8", "replace")).replace("\r", "\n")
+            text = (self._partial + text).replace("\r", "\n")
             *done, self._partial = text.split("\n")
             self.lines.extend(line for line in done if line.strip())
 

@@ -78,6 +78,21 @@ def test_metrics_and_plots_point_at_stage_outputs():
             assert f in uncached, f"plot {name}: {f} is not an uncached stage output (git keeps those)"
 
 
+def test_compare_outputs_are_the_baselines_it_trains_in_every_profile():
+    """DVC must own (and so clear before re-running) every model `hamt compare` trains, or it reuses stale ones."""
+    from hamt.compare import kind_of
+    from hamt.params import load_params, profile_names
+
+    outs = _paths(dvc_yaml()["stages"]["compare"]["outs"])
+    declared = {o.split("/", 1)[1] for o in outs if o.startswith("checkpoints/")}
+    for profile in profile_names(ROOT / "params.yaml"):
+        params = load_params(ROOT / "params.yaml", profile, validate_model=False)
+        trained = {b for b in params.compare.baselines if kind_of(b) == "scratch"}
+        assert trained == declared, f"profile {profile}: compare trains {sorted(trained)}, dvc.yaml owns {sorted(declared)}"
+        for name in trained:
+            assert f"results/train/{name}/metrics.json" in outs
+
+
 def test_dvc_config_has_a_default_local_remote():
     text = (ROOT / ".dvc" / "config").read_text()
     assert "remote = local" in text and "url = " in text
@@ -95,8 +110,9 @@ def fast_micro(params: dict, corpus: Path) -> dict:
     params["data"].update(source="local", local_path=str(corpus))
     micro = params["profiles"]["micro"]
     micro["validate"]["recall_steps"] = 0
-    # gpt2 stays: without GPT-2 BPE tokens it must come back as a skipped row with its reason
-    micro["compare"].update(baselines=["gpt2-scratch", "gpt2"], recall_train_steps=0, speed_seq_lens=[])
+    # the two scratch baselines are DVC outputs; gpt2 must come back as a skipped row with its reason
+    micro["compare"].update(baselines=["gpt2-scratch", "gpt2-scratch-2x", "gpt2"], recall_train_steps=0,
+                            speed_seq_lens=[])
     return params
 
 
@@ -135,12 +151,14 @@ def tool_env(tmp: Path) -> dict:
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1", WANDB_MODE="disabled",
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                HAMT_NPROC_PER_NODE="1", USERNAME="hamt-tests", METAFLOW_USER="hamt-tests",
-               METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp / "metaflow"),
+               METAFLOW_DATASTORE_SYSROOT_LOCAL=str(tmp / "metaflow"), METAFLOW_HOME=str(tmp / "metaflow-home"),
+               METAFLOW_DEFAULT_METADATA="local", METAFLOW_DEFAULT_DATASTORE="local",
                DVC_GLOBAL_CONFIG_DIR=str(tmp / "dvc-global"), DVC_SYSTEM_CONFIG_DIR=str(tmp / "dvc-system"),
                DVC_SITE_CACHE_DIR=str(tmp / "dvc-site"),
                GIT_CONFIG_NOSYSTEM="1")
     # Cards go to <repo>/.metaflow (METAFLOW_CARD_LOCALROOT is broken in Metaflow 2.19.39: cards are not written).
-    for var in ("HAMT_DATA_DIR", "HAMT_FAULTS", "HAMT_PRIMARY_FAULTS", "HAMT_WORKDIR", "METAFLOW_CARD_LOCALROOT"):
+    for var in ("HAMT_DATA_DIR", "HAMT_FAULTS", "HAMT_PRIMARY_FAULTS", "HAMT_WORKDIR", "METAFLOW_CARD_LOCALROOT",
+                "METAFLOW_PROFILE", "METAFLOW_SERVICE_URL"):
         env.pop(var, None)
     return env
 

@@ -34,7 +34,10 @@ import orchestration as orc  # noqa: E402
 # when metaflow is first imported (inside the tests), and the flow keeps runs and cards in <repo>/.metaflow.
 _REPO = Path(tempfile.mkdtemp(prefix="hamt-flow-tests-", dir=os.environ.get("TMPDIR"))) / "repo"
 os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(_REPO)
-os.environ.pop("METAFLOW_CARD_LOCALROOT", None)
+os.environ["METAFLOW_HOME"] = str(_REPO.parent / "metaflow-home")  # no ~/.metaflowconfig (S3, a service...)
+os.environ.update(METAFLOW_DEFAULT_METADATA="local", METAFLOW_DEFAULT_DATASTORE="local")
+for _var in ("METAFLOW_CARD_LOCALROOT", "METAFLOW_PROFILE", "METAFLOW_SERVICE_URL"):
+    os.environ.pop(_var, None)
 os.environ.setdefault("USERNAME", "hamt-tests")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -130,6 +133,31 @@ def test_read_log_skips_empty_cells(tmp_path):
     assert orc.read_log(tmp_path / "missing.csv") == []
 
 
+@pytest.mark.slow
+def test_run_training_under_torchrun_and_after_a_crash(tmp_path, monkeypatch, corpus_file):
+    """The training child: two DDP processes through torchrun; a hard crash becomes a reason, not an exception."""
+    from hamt.data import download
+    from hamt.tokenize import tokenize
+
+    monkeypatch.chdir(tmp_path)
+    params = orc.resolve(raw_params(), "micro", ["data.source=local", f"data.local_path={corpus_file}",
+                                                 "train.micro_batch_size=4"])  # 8 = 4 x 2 ranks
+    download(params)
+    tokenize(params, progress=False)
+    seen = []
+    monkeypatch.setenv("HAMT_NPROC_PER_NODE", "2")
+    ddp = orc.run_training(params, on_progress=seen.append, poll_s=0.5)
+    assert ddp["ok"], ddp["reason"]
+    assert ddp["command"][2] == "torch.distributed.run" and ddp["metrics"]["world_size"] == 2
+    assert ddp["metrics"]["steps"] == 20 and (tmp_path / "checkpoints/hamt/final/config.json").is_file()
+    assert seen and ddp["log"][-1]["step"] == 20
+
+    monkeypatch.setenv("HAMT_NPROC_PER_NODE", "1")
+    crash = orc.run_training(params, faults="sigkill@3")
+    assert not crash["ok"] and crash["returncode"] < 0 and "SIGKILL" in crash["reason"]
+    assert not (tmp_path / "checkpoints/hamt/final").exists()  # the earlier run's model was cleared first
+
+
 # --------------------------------------------------------------------------------------------------
 # End to end (slow): one repository copy for the module
 # --------------------------------------------------------------------------------------------------
@@ -168,7 +196,7 @@ def workspace(tmp_path_factory):
         pytest.skip("dvc and git are needed")
     repo = make_repo(_REPO, with_flows=True)
     env = tool_env(tmp_path_factory.mktemp("flow-env"))
-    env["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(_REPO)  # as in this process: its client reads the runs
+    env.update(METAFLOW_DATASTORE_SYSROOT_LOCAL=str(_REPO), METAFLOW_HOME=os.environ["METAFLOW_HOME"])  # as here
     return repo, env
 
 
@@ -206,8 +234,8 @@ def test_flow_run_records_artifacts(workspace, primary_run):
     assert d.git["commit"] == subprocess.run([GIT, "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                                              text=True).stdout.strip()
     rows = {r["name"]: r for r in d.comparison_rows}
-    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2"]
-    assert rows["hamt"]["status"] == "ok" and rows["gpt2-scratch"]["status"] == "ok"
+    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2-scratch-2x", "gpt2"]
+    assert all(rows[n]["status"] == "ok" for n in ("hamt", "gpt2-scratch", "gpt2-scratch-2x"))
     assert rows["gpt2"]["status"] == "skipped" and "tokenizer" in rows["gpt2"]["reason"]
     assert d.report_markdown.startswith("# ") and "<html" in d.report_html.lower()
     assert "primary_ok" in [s.id for s in primary_run] and "fallback" not in [s.id for s in primary_run]
