@@ -70,6 +70,10 @@ def add_arguments_bench(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for torch (default: torch's choice; 1 is steadier on a shared machine)")
     parser.add_argument("--results-dir", default="results/bench", help="where <name>.json/.md go")
     parser.add_argument("--out", default=None, help="also write all tables to this markdown file")
+    parser.add_argument("--compile", action="store_true",
+                        help="model bench: torch.compile both models (eager fallback, recorded per row)")
+    parser.add_argument("--memory-mode", default=None, choices=["auto", "cpu", "chunk", "reference", "triton"],
+                        help="HAMT's memory implementation in the model and decode benches (default: the config's)")
 
 
 def cli_bench(params, args) -> int:
@@ -118,6 +122,8 @@ def _options(params, args, defaults: dict, device) -> dict:
         precision=precision,
         preset=args.preset,
         vocab_size=args.vocab_size,
+        compile=args.compile,
+        memory_mode=args.memory_mode,
     )
     for key in ("seq_lens", "contexts"):
         if any(n < 2 for n in opts[key]):
@@ -132,6 +138,8 @@ def _model_config(params, args):
     from hamt.config import HAMTConfig
 
     overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+    if args.memory_mode:
+        overrides["memory_mode"] = args.memory_mode
     if args.preset:
         return HAMTConfig.from_preset(args.preset, **overrides)
     return params.model_config(**overrides)
@@ -163,6 +171,9 @@ def _device_name(device) -> str:
 
 
 def _git_commit() -> str:
+    """Short commit (+dirty); HAMT_GIT_COMMIT names it where the tree was copied without .git."""
+    if os.environ.get("HAMT_GIT_COMMIT"):
+        return os.environ["HAMT_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip()
@@ -190,6 +201,10 @@ def _command(args, opts: dict) -> str:
     if args.what in ("decode", "all"):
         parts += ["--contexts " + " ".join(map(str, opts["contexts"])), f"--decode-steps {opts['decode_steps']}"]
     parts += [f"--repeats {opts['repeats']}", f"--precision {opts['precision']}"]
+    if opts["memory_mode"]:
+        parts.append(f"--memory-mode {opts['memory_mode']}")
+    if opts["compile"] and args.what in ("model", "all"):
+        parts.append("--compile")
     if args.device:
         parts.append(f"--device {args.device}")
     if args.threads:
@@ -205,6 +220,7 @@ def _meta(device, command: str, config, opts: dict) -> dict:
         "command": command,
         "preset": opts["preset"] or "profile",
         "precision": opts["precision"],
+        "compile": bool(opts["compile"]),
     }
 
 
@@ -384,6 +400,23 @@ def _train_step_fn(model, x, precision: str, device):
     return step
 
 
+def _compiled_step(model, x, opts: dict, device):
+    """(step, None) with ``torch.compile(model)`` warmed up twice, or (None, reason) if it fails."""
+    import torch
+
+    try:
+        step = _train_step_fn(torch.compile(model), x, opts["precision"], device)
+        step()  # compiles
+        step()
+        return step, None
+    except Exception as e:  # noqa: BLE001 - any compiler failure means "measure eager", recorded
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"torch.compile failed for {type(model).__name__} ({type(e).__name__}: {first}); eager",
+              file=sys.stderr, flush=True)
+        torch._dynamo.reset()
+        return None, f"{type(e).__name__}: {first}"
+
+
 def bench_model(config, opts: dict, device) -> list[dict]:
     import torch
 
@@ -402,9 +435,12 @@ def bench_model(config, opts: dict, device) -> list[dict]:
         extra = {}
         for name, m in models.items():
             steps[name]()  # warm-up (allocator, kernels, autotuning)
-            act = saved_activation_bytes(m, steps[name])
+            act = saved_activation_bytes(m, steps[name])  # eager: what autograd keeps without fusion
+            compiled, compile_error = _compiled_step(m, x, opts, device) if opts["compile"] else (None, None)
+            steps[name] = compiled or steps[name]
             peak_b, how = peak_memory_bytes(steps[name], device)
-            extra[name] = dict(activation_mb=act / 2**20, peak_mb=peak_b / 2**20, peak_how=how)
+            extra[name] = dict(activation_mb=act / 2**20, peak_mb=peak_b / 2**20, peak_how=how,
+                               compiled=compiled is not None, compile_error=compile_error)
             bar.update(2)
         times = {k: [] for k in models}
         for i in range(reps):  # alternate the models, and which goes first, so drifts hit both
@@ -653,10 +689,15 @@ def render(name: str, rows: list[dict], meta: dict) -> str:
               h[T]["activation_mb"], g[T]["activation_mb"], h[T]["peak_mb"], g[T]["peak_mb"],
               f"{100 * h[T]['mfu']:.1f}%", f"{100 * g[T]['mfu']:.1f}%"] for T in h],
         )
+        comp = ""
+        if meta.get("compile"):
+            state = {n: ("compiled" if r["compiled"] else f"eager ({r['compile_error']})")
+                     for n, r in (("HAMT", first), ("GPT-2", next(iter(g.values()))))}
+            comp = f" torch.compile: HAMT {state['HAMT']}, GPT-2 {state['GPT-2']}; act. MB measured eager."
         note = (f"\n\nact. MB: tensors saved for backward (parameters excluded). peak MB: {first['peak_how']} "
                 f"over one step. MFU: model FLOPs/s over the measured matmul peak "
                 f"({first['peak_flops'] / 1e9:,.0f} GFLOP/s, {meta['precision']}); FLOPs/token as in "
-                f"hamt.bench.flops_per_token. Medians of {len(first['step_ms_all'])} alternating repeats.\n")
+                f"hamt.bench.flops_per_token. Medians of {len(first['step_ms_all'])} alternating repeats.{comp}\n")
         return head + title + body + note
     if name == "memory":
         r0 = rows[0]

@@ -136,3 +136,21 @@ def test_bad_lengths_are_one_line_errors(capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--seq-lens" in err and "Traceback" not in err
+
+
+def test_compile_failure_is_measured_eager_and_recorded(tmp_path, monkeypatch):
+    import torch
+
+    def broken_compile(model, *a, **k):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    argv = ["bench", "model", "--params", str(ROOT / "params.yaml"), *MICRO, "--seq-lens", "16",
+            "--tokens-per-step", "32", "--compile", "--memory-mode", "chunk", "--results-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    rows = json.loads((tmp_path / "model.json").read_text())
+    assert {r["model"] for r in rows} == {"hamt", "gpt2"}
+    for r in rows:
+        assert r["compiled"] is False and r["compile_error"] == "RuntimeError: no compiler here"
+        assert r["tokens_per_s"] > 0 and "--compile" in r["command"] and "--memory-mode chunk" in r["command"]
+    assert "GPT-2 eager (RuntimeError: no compiler here)" in (tmp_path / "model.md").read_text()
