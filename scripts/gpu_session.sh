@@ -30,21 +30,21 @@ B="--preset 100m --device cuda --precision bf16 --results-dir"
 
 echo "== env"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__, torch.cuda.get_device_name())'
-step gpu-tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_evaluate.py tests/test_data.py
-step model-eager 150 hamt bench model $B "$WORK/eager" --seq-lens 512 1024 2048 4096 8192 --repeats 5
-step memory 90 hamt bench memory $B "$WORK/memory" --memory-seq-len 1024 --memory-batch 16 --repeats 5
-step decode 90 hamt bench decode $B "$WORK/decode" --decode-steps 32
-step trainer 90 python3 -m hamt.bench_train --profiles 100m --precisions bf16 --device cuda --shape 100m=32x1024 \
+step gpu-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_evaluate.py tests/test_data.py
+step model-eager 120 hamt bench model $B "$WORK/eager" --seq-lens 512 1024 2048 4096 8192 --repeats 5
+step memory 60 hamt bench memory $B "$WORK/memory" --memory-seq-len 1024 --memory-batch 16 --repeats 5
+step decode 60 hamt bench decode $B "$WORK/decode" --decode-steps 32
+step trainer 60 python3 -m hamt.bench_train --profiles 100m --precisions bf16 --device cuda --shape 100m=32x1024 \
     --reps 2 --steps 5 --out "$WORK/bench_train.json"
 if [ -n "$DATA" ]; then
   mkdir -p "$WORK/run" && cp params.yaml "$WORK/run/" && (
     cd "$WORK/run" && export HAMT_DATA_DIR="$DATA/text"
     S="--profile ${PROFILE:-100m} --set tokenizer.name_or_path=$DATA/gpt2-tokenizer"
-    step download 30 hamt download $S && step tokenize 60 hamt tokenize $S &&
-    step train-100m ${TRAIN_SECS:-150} hamt train $S --set train.max_steps=40 --set train.warmup_steps=10 \
+    step download 30 hamt download $S && step tokenize 40 hamt tokenize $S &&
+    step train-100m ${TRAIN_SECS:-100} hamt train $S --set train.max_steps=40 --set train.warmup_steps=10 \
         --set train.eval_every=20 --set train.ckpt_every=40 --set train.log_every=5
     cp -r results "$WORK/train-results" 2>/dev/null; rm -rf data checkpoints
   )
 fi
-step model-compile 200 hamt bench model $B "$WORK/compile" --seq-lens 1024 8192 --repeats 5 --compile
+step model-compile 150 hamt bench model $B "$WORK/compile" --seq-lens 1024 8192 --repeats 5 --compile
 echo "== done $(date -u +%T)"; pack
