@@ -1,0 +1,89 @@
+"""Tune the Triton memory kernel's launch shape on a GPU, then measure what it buys the model.
+
+    python scripts/gpu_tune.py [--preset 100m] [--batch 16] [--seq-len 1024]
+
+1. The memory scan alone (forward + backward) at the preset's head shape for every (block_f, chunk)
+   pair: median ms of 5, after a warm-up that compiles each variant.
+2. Training forward + backward tokens/s of HAMT with the default and with the fastest pair (patched
+   into hamt.kernels.triton_memory for this process), and of the matched GPT-2, at T = 1024 and 8192
+   (65,536 tokens per step, bf16), alternating, median of 5.
+"""
+import argparse
+import functools
+import statistics
+
+import torch
+
+from hamt import bench
+from hamt.config import HAMTConfig
+from hamt.kernels import triton_memory as tm
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--preset", default="100m")
+ap.add_argument("--batch", type=int, default=16)
+ap.add_argument("--seq-len", type=int, default=1024)
+ap.add_argument("--block-f", type=int, nargs="+", default=[8, 16, 32, 64])
+ap.add_argument("--chunks", type=int, nargs="+", default=[16, 32, 64, 128])
+ap.add_argument("--model-seq-lens", type=int, nargs="+", default=[1024, 8192])
+ap.add_argument("--tokens-per-step", type=int, default=65536)
+ap.add_argument("--device", default="cuda", help="cpu only to check this script (TRITON_INTERPRET=1)")
+a = ap.parse_args()
+dev = torch.device(a.device)
+cfg = HAMTConfig.from_preset(a.preset)
+H, S, F = cfg.num_attention_heads, cfg.num_slots, cfg.num_freqs
+inp = bench.memory_inputs(a.batch, a.seq_len, H, S, F, dev)
+leaves = {k: v.clone().requires_grad_(k != "perm") for k, v in inp.items()}
+g = torch.Generator().manual_seed(1)
+gr = gs = None
+
+
+def fwd_bwd(block_f, chunk):
+    global gr, gs
+    r, _, st = tm.memory_triton(**leaves, chunk_size=chunk, block_f=block_f)
+    if gr is None:
+        gr = torch.randn(r.shape, dtype=r.dtype, generator=g).to(dev)
+        gs = torch.randn(st.shape, dtype=st.dtype, generator=g).to(dev)
+    torch.autograd.backward([r, st], [gr, gs])
+    for t in leaves.values():
+        t.grad = None
+
+
+floor = bench.memory_io_bytes(a.batch, a.seq_len, H, S, F)["total"] / bench.copy_bandwidth(dev)
+print(f"memory scan B={a.batch} T={a.seq_len} H={H} S={S} F={F}; floor {1e3 * floor:.3f} ms (fwd+bwd)")
+print("| block_f | chunk | fwd+bwd ms | x floor |\n|---|---|---|---|")
+res = {}
+for bf in a.block_f:
+    for ch in a.chunks:
+        try:
+            fwd_bwd(bf, ch)
+            ms = 1e3 * statistics.median(bench._time(lambda: fwd_bwd(bf, ch), dev) for _ in range(5))
+        except Exception as e:  # noqa: BLE001 - a variant that does not fit (registers, shared memory)
+            print(f"| {bf} | {ch} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | |")
+            continue
+        res[(bf, ch)] = ms
+        print(f"| {bf} | {ch} | {ms:.2f} | {ms / 1e3 / floor:.1f} |", flush=True)
+best = min(res, key=res.get)
+default = (None, tm.DEFAULT_CHUNK)
+print(f"fastest: block_f={best[0]} chunk={best[1]} ({res[best]:.2f} ms)")
+
+orig = tm.memory_triton
+variants = {"hamt (default)": orig, f"hamt (block_f={best[0]}, chunk={best[1]})":
+            functools.partial(orig, chunk_size=best[1], block_f=best[0])}
+print("\n| T | model | tok/s |\n|---|---|---|")
+for T in a.model_seq_lens:
+    models = bench._build_models(cfg, T, dev)
+    x = torch.randint(0, cfg.vocab_size, (max(1, a.tokens_per_step // T), T), device=dev)
+    steps = {k: bench._train_step_fn(m, x, "bf16", dev) for k, m in models.items()}
+    runs = {name: ("hamt", fn) for name, fn in variants.items()} | {"gpt2": ("gpt2", None)}
+    times = {k: [] for k in runs}
+    for i in range(6):
+        for name, (m, fn) in runs.items():
+            if fn is not None:
+                tm.memory_triton = fn
+            t = bench._time(steps[m], dev)
+            if i:  # the first round warms up
+                times[name].append(t)
+    tm.memory_triton = orig
+    for name in runs:
+        print(f"| {T} | {name} | {x.numel() / statistics.median(times[name]):,.0f} |", flush=True)
+    del models, steps
