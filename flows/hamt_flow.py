@@ -209,6 +209,7 @@ class HAMTFlow(FlowSpec):
         orc.enter_workdir()
         params = self._trained_params()
         self.baseline = self.input
+        self.cpu_threads = orc.share_cpu_threads(len(self.compare_names))  # the rows run side by side
         if kind_of(self.baseline) in ("scratch", "ablation") and current.retry_count == 0:
             orc.clear_run(params, self.baseline)  # trained afresh for this run's budget, never a stale folder
         self.row = run_baseline(params, self.baseline)

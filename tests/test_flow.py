@@ -95,6 +95,23 @@ def test_nproc_per_node(monkeypatch):
         orc.nproc_per_node()
 
 
+def test_parallel_tasks_share_the_cores(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert orc.share_cpu_threads(4) is None and calls == []  # the user's setting stands
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert orc.share_cpu_threads(4) == 2 and calls == [2] and os.environ["OMP_NUM_THREADS"] == "2"
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert orc.share_cpu_threads(20) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("METAFLOW_KUBERNETES_WORKLOAD", "1")
+    assert orc.share_cpu_threads(4) is None  # one task per pod: nothing to share
+
+
 def test_failure_reason_prefers_the_trainers_verdict():
     assert orc.failure_reason(2, {"failed": "loss nan at step 1"}, ["x"]) == "training failed: loss nan at step 1"
     assert "SIGKILL" in orc.failure_reason(-9, None, ["step 3"])
