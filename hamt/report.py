@@ -291,7 +291,9 @@ def _c_constant_memory(results: dict) -> dict:
     measured = (f"{_fmt(min(sizes) / 2**20, 3)}–{_fmt(max(sizes) / 2**20, 3)} MB of state at contexts "
                 f"{min(ctxs):,}–{max(ctxs):,}")
     if len(gpts) >= 2:
-        measured += f"; GPT-2 KV cache {_fmt(gpts[0]['state_bytes'] / 2**20, 3)}–{_fmt(gpts[-1]['state_bytes'] / 2**20, 3)} MB"
+        measured += (f"; GPT-2 KV cache {_fmt(gpts[0]['state_bytes'] / 2**20, 3)}–"
+                     f"{_fmt(gpts[-1]['state_bytes'] / 2**20, 3)} MB at contexts {gpts[0]['context']:,}–"
+                     f"{gpts[-1]['context']:,}")  # its own range: longer contexts may exceed its positions
     measured += f" ({source})"
     if max(ctxs) < 4 * min(ctxs):
         return _claim(claim, claimed, crit, NOT_MEASURED, measured, "contexts span less than 4x")

@@ -239,6 +239,7 @@ def test_bench_results_support_claims_and_are_plotted(tmp_path, fake_presets):
     const = next(c for k, c in ledger.items() if "constant memory" in k)
     assert speed["verdict"] == S and "hamt bench" in speed["measured"] and "T=4096: 2.50x" in speed["measured"]
     assert const["verdict"] == S and "16,384" in const["measured"] and "hamt bench" in const["measured"]
+    assert "GPT-2 KV cache 0.016–1.000 MB at contexts 256–16,384" in const["measured"]
 
 
 def test_ledger_is_pure_and_handles_empty_results():
