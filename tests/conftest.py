@@ -55,6 +55,21 @@ def make_corpus(n_lines: int = 2000, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def make_micro_tokens(root: Path, seed: int, n_lines: int = 1500) -> Path:
+    """Tokens of a small corpus with the micro profile's tokenizer, under ``root``: returns the tokens folder."""
+    from hamt.data import download
+    from hamt.params import read_yaml, resolve
+    from hamt.tokenize import tokenize
+
+    (root / "corpus.txt").write_text(make_corpus(n_lines, seed=seed), encoding="utf-8")
+    p = resolve(read_yaml(ROOT / "params.yaml"), "micro", [
+        "data.source=local", f"data.local_path={root / 'corpus.txt'}", f"data.raw_dir={root / 'raw'}",
+        f"tokenizer.tokens_dir={root / 'tokens'}"])
+    download(p)
+    tokenize(p, progress=False)
+    return root / "tokens"
+
+
 @pytest.fixture
 def corpus_file(tmp_path: Path) -> Path:
     """A single text file of about 150 KB."""

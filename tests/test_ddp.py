@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, make_corpus
+from conftest import ROOT, make_micro_tokens
 from hamt.params import read_yaml, resolve
 
 DRIVER = """
@@ -33,17 +33,7 @@ with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
 
 @pytest.fixture(scope="module")
 def tokens_dir(tmp_path_factory) -> Path:
-    from hamt.data import download
-    from hamt.tokenize import tokenize
-
-    root = tmp_path_factory.mktemp("ddp-data")
-    (root / "corpus.txt").write_text(make_corpus(1500, seed=3), encoding="utf-8")
-    p = resolve(read_yaml(ROOT / "params.yaml"), "micro", [
-        "data.source=local", f"data.local_path={root / 'corpus.txt'}", f"data.raw_dir={root / 'raw'}",
-        f"tokenizer.tokens_dir={root / 'tokens'}"])
-    download(p)
-    tokenize(p, progress=False)
-    return root / "tokens"
+    return make_micro_tokens(tmp_path_factory.mktemp("ddp-data"), seed=3)
 
 
 def test_two_process_cpu_ddp_trains_and_ranks_agree(tokens_dir, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, make_corpus
+from conftest import ROOT, make_micro_tokens
 from hamt import checkpoint as ck
 from hamt.errors import CheckpointError
 from hamt.params import read_yaml, resolve
@@ -29,17 +29,7 @@ OPTS = ("model.dropout=0.1", "train.micro_batch_size=4", "train.ckpt_every=5", "
 
 @pytest.fixture(scope="module")
 def tokens_dir(tmp_path_factory) -> Path:
-    from hamt.data import download
-    from hamt.tokenize import tokenize
-
-    root = tmp_path_factory.mktemp("faults-data")
-    (root / "corpus.txt").write_text(make_corpus(1500, seed=2), encoding="utf-8")
-    p = resolve(read_yaml(ROOT / "params.yaml"), "micro", [
-        "data.source=local", f"data.local_path={root / 'corpus.txt'}", f"data.raw_dir={root / 'raw'}",
-        f"tokenizer.tokens_dir={root / 'tokens'}"])
-    download(p)
-    tokenize(p, progress=False)
-    return root / "tokens"
+    return make_micro_tokens(tmp_path_factory.mktemp("faults-data"), seed=2)
 
 
 def overrides(tokens_dir: Path, out: Path) -> list[str]:

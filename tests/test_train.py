@@ -15,24 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, make_corpus
+from conftest import ROOT, make_micro_tokens
 from hamt.errors import CheckpointError, ConfigError
 from hamt.params import read_yaml, resolve
 
 
 @pytest.fixture(scope="module")
 def tokens_dir(tmp_path_factory) -> Path:
-    from hamt.data import download
-    from hamt.tokenize import tokenize
-
-    root = tmp_path_factory.mktemp("train-data")
-    (root / "corpus.txt").write_text(make_corpus(1500, seed=1), encoding="utf-8")
-    p = resolve(read_yaml(ROOT / "params.yaml"), "micro", [
-        "data.source=local", f"data.local_path={root / 'corpus.txt'}", f"data.raw_dir={root / 'raw'}",
-        f"tokenizer.tokens_dir={root / 'tokens'}"])
-    download(p)
-    tokenize(p, progress=False)
-    return root / "tokens"
+    return make_micro_tokens(tmp_path_factory.mktemp("train-data"), seed=1)
 
 
 def micro(tokens_dir: Path, out: Path, *overrides: str):
