@@ -148,26 +148,22 @@ def _model_config(params, args):
 def _resolve_device(spec: str):
     import torch
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    from hamt.evaluate import resolve_device
+
+    device = resolve_device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {spec}: CUDA is not available here; use --device cpu")
     return device
 
 
 def _device_name(device) -> str:
+    """evaluate.device_name, with the thread count on CPU (it sets the speed there)."""
     import torch
 
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"CPU {name or 'unknown'} ({torch.get_num_threads()} threads)"
+    from hamt.evaluate import device_name
+
+    name = device_name(device)
+    return name if device.type == "cuda" else f"{name} ({torch.get_num_threads()} threads)"
 
 
 def _git_commit() -> str:
@@ -229,18 +225,13 @@ def _meta(device, command: str, config, opts: dict) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Callable[[], Any], device) -> float:
-    _sync(device)
+    from hamt.evaluate import synchronize
+
+    synchronize(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -253,12 +244,14 @@ def peak_memory_bytes(fn: Callable[[], Any], device) -> tuple[int, str]:
     """
     import torch
 
+    from hamt.evaluate import synchronize
+
     if device.type == "cuda":
-        _sync(device)
+        synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
-        _sync(device)
+        synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base), "CUDA allocator peak"
     import json
     import tempfile

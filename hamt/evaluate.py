@@ -224,7 +224,8 @@ def device_name(device: torch.device | str) -> str:
     return "CPU: " + (platform.processor() or platform.machine())
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU): call before reading a timer."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -327,11 +328,11 @@ def inference_throughput(model, batch: int, seq_len: int, *, device="cpu", steps
     for _ in range(warmup):
         _logits(model, x)
     with PeakMemory(device) as mem:
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         for _ in range(steps):
             _logits(model, x)
-        _sync(device)
+        synchronize(device)
         dt = time.perf_counter() - t0
     return {"tokens_per_s": batch * seq_len * steps / dt, "peak_mem_mb": mem.peak_mb, "mem_delta_mb": mem.delta_mb,
             "mem_source": mem.source, "batch": batch, "seq_len": seq_len}
@@ -357,11 +358,11 @@ def train_throughput(model, batch: int, seq_len: int, *, device="cpu", steps: in
     for _ in range(warmup):
         step()
     with PeakMemory(device) as mem:
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         for _ in range(steps):
             step()
-        _sync(device)
+        synchronize(device)
         dt = time.perf_counter() - t0
     del probe, opt
     return {"tokens_per_s": batch * seq_len * steps / dt, "peak_mem_mb": mem.peak_mb, "mem_delta_mb": mem.delta_mb,
@@ -435,13 +436,13 @@ def decode_profile(model, contexts: Sequence[int], *, new_tokens: int = 16, devi
             cache = out.cache
             prefill_bytes = cache_nbytes(cache)
             tok = out.logits[:, -1:].argmax(-1)  # (1, 1)
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             for _ in range(new_tokens):
                 out = model(input_ids=tok, cache=cache, use_cache=True)
                 cache = out.cache
                 tok = out.logits[:, -1:].argmax(-1)
-            _sync(device)
+            synchronize(device)
             dt = time.perf_counter() - t0
         rows.append({"context": c, "status": "ok", "ms_per_token": 1e3 * dt / new_tokens,
                      "decode_tok_s": new_tokens / dt, "state_bytes": prefill_bytes,
