@@ -155,16 +155,10 @@ def git_info(folder: Path) -> dict:
     return {"commit": commit, "dirty": bool(status) if status is not None else None, "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def dir_sha256(folder: Path) -> dict:
     """sha256 of every file under ``folder`` and one digest over (relative path, sha256) pairs."""
+    from hamt.data import file_sha256
+
     folder = Path(folder)
     files = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in files.items()).encode()).hexdigest()
