@@ -497,22 +497,27 @@ def memory_io_bytes(B: int, T: int, H: int, S: int, F: int, csize: int = 8, rsiz
     return {"forward": fwd, "backward": bwd, "total": fwd + bwd}
 
 
-def _memory_step_fns(inputs: dict, mode: str, device):
+def memory_step_fns(inputs: dict, mode: str, device, scan: Callable | None = None):
+    """(forward, forward + backward) closures of the memory scan ``mode`` on ``inputs`` (from
+    ``memory_inputs``); ``scan`` replaces ``memory_scan(..., mode=mode)`` (e.g. a kernel with other launch settings)."""
+    import functools
+
     import torch
 
     from hamt.memory import memory_scan
 
+    scan = scan or functools.partial(memory_scan, mode=mode)
     leaves = {k: (v.clone().requires_grad_(k != "perm")) for k, v in inputs.items()}
     g = torch.Generator().manual_seed(1)
 
     def fwd():
         with torch.no_grad():
-            memory_scan(**inputs, mode=mode)
+            scan(**inputs)
 
     grads = {}
 
     def fwd_bwd():
-        r, _, st = memory_scan(**leaves, mode=mode)
+        r, _, st = scan(**leaves)
         if not grads:
             grads["r"] = torch.randn(r.shape, dtype=r.dtype, generator=g).to(device)
             grads["st"] = torch.randn(st.shape, dtype=st.dtype, generator=g).to(device)
@@ -532,7 +537,7 @@ def bench_memory(config, opts: dict, device) -> list[dict]:
     modes = ["reference", "chunk"] + (["triton"] if triton_available(device) else [])
     bw = copy_bandwidth(device)
     io = memory_io_bytes(B, T, H, S, F)
-    fns = {m: _memory_step_fns(inputs, m, device) for m in modes}
+    fns = {m: memory_step_fns(inputs, m, device) for m in modes}
     reps = opts["repeats"]
     bar = _progress(len(modes) * (reps * 2 + 2) - 2 * max(0, reps - 3), "bench memory")
     for m in modes:  # warm-up: compiles the Triton kernel, sizes allocator pools

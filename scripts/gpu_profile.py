@@ -7,6 +7,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from hamt import bench
 from hamt.config import HAMTConfig
 from hamt.model import HAMTForCausalLM
 
@@ -20,12 +21,7 @@ model = HAMTForCausalLM(HAMTConfig.from_preset(a.preset)).cuda().train()
 x = torch.randint(0, model.config.vocab_size, (a.batch, a.seq_len), device="cuda")
 
 
-def step():
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        model(input_ids=x, labels=x).loss.backward()
-    model.zero_grad(set_to_none=True)
-
-
+step = bench._train_step_fn(model, x, "bf16", torch.device("cuda"))
 for _ in range(2):
     step()
 torch.cuda.synchronize()

@@ -32,20 +32,11 @@ dev = torch.device(a.device)
 cfg = HAMTConfig.from_preset(a.preset)
 H, S, F = cfg.num_attention_heads, cfg.num_slots, cfg.num_freqs
 inp = bench.memory_inputs(a.batch, a.seq_len, H, S, F, dev)
-leaves = {k: v.clone().requires_grad_(k != "perm") for k, v in inp.items()}
-g = torch.Generator().manual_seed(1)
-gr = gs = None
 
 
-def fwd_bwd(block_f, chunk):
-    global gr, gs
-    r, _, st = tm.memory_triton(**leaves, chunk_size=chunk, block_f=block_f)
-    if gr is None:
-        gr = torch.randn(r.shape, dtype=r.dtype, generator=g).to(dev)
-        gs = torch.randn(st.shape, dtype=st.dtype, generator=g).to(dev)
-    torch.autograd.backward([r, st], [gr, gs])
-    for t in leaves.values():
-        t.grad = None
+def fwd_bwd_fn(block_f, chunk):
+    scan = functools.partial(tm.memory_triton, chunk_size=chunk, block_f=block_f)
+    return bench.memory_step_fns(inp, "triton", dev, scan=scan)[1]
 
 
 floor = bench.memory_io_bytes(a.batch, a.seq_len, H, S, F)["total"] / bench.copy_bandwidth(dev)
@@ -55,8 +46,9 @@ res = {}
 for bf in a.block_f:
     for ch in a.chunks:
         try:
-            fwd_bwd(bf, ch)
-            ms = 1e3 * statistics.median(bench._time(lambda: fwd_bwd(bf, ch), dev) for _ in range(5))
+            step = fwd_bwd_fn(bf, ch)
+            step()  # compiles this variant
+            ms = 1e3 * statistics.median(bench._time(step, dev) for _ in range(5))
         except Exception as e:  # noqa: BLE001 - a variant that does not fit (registers, shared memory)
             print(f"| {bf} | {ch} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | |")
             continue
