@@ -98,6 +98,7 @@ class HAMTFlow(FlowSpec):
         """Train or load the tokenizer; memmapped token ids in data/tokens."""
         from pathlib import Path
 
+        from hamt.io import dir_sha256
         from hamt.tokenize import tokenize
 
         orc.enter_workdir()
@@ -105,7 +106,7 @@ class HAMTFlow(FlowSpec):
         self.tokenizer_meta = tokenize(params, progress=False)
         self.tokenizer_identity = {**self.tokenizer_meta["tokenizer"], "vocab_size": self.tokenizer_meta["vocab_size"],
                                    "sha256": self.tokenizer_meta["tokenizer_sha256"]}
-        self.tokens_sha256 = orc.dir_sha256(Path(params.tokenizer.tokens_dir))
+        self.tokens_sha256 = dir_sha256(Path(params.tokenizer.tokens_dir))
         current.card.append(orc.table([{"split": s, **v} for s, v in self.tokenizer_meta["splits"].items()]))
         current.card.append(orc.table([{"tokenizer": k, "value": v} for k, v in self.tokenizer_identity.items()]))
         self.next(self.validate_small)
@@ -180,16 +181,17 @@ class HAMTFlow(FlowSpec):
 
         from metaflow.cards import Markdown
 
-        from hamt.compare import names_to_run
+        from hamt.io import dir_sha256
+        from hamt.zoo import evaluation_plan
 
         orc.enter_workdir()
         params = self._trained_params()
         result = self.fallback_result if self.train_branch == "fallback" else self.primary_result
         self.checkpoint_dir = str(Path(params.train.out_dir) / "hamt" / "final")
-        self.checkpoint_sha256 = orc.dir_sha256(Path(self.checkpoint_dir))
+        self.checkpoint_sha256 = dir_sha256(Path(self.checkpoint_dir))
         self.train_metrics = result["metrics"]
         self.trained_params = params.to_dict()
-        self.compare_names = names_to_run(params)
+        self.compare_names = evaluation_plan(params)
         current.card.append(Markdown(f"## Branch: `{self.train_branch}`\n\n{self.branch_reason}.\n\n"
                                      f"Model: `{self.checkpoint_dir}` (sha256 `{self.checkpoint_sha256['sha256']}`)"))
         if self.train_branch == "fallback":
@@ -204,7 +206,8 @@ class HAMTFlow(FlowSpec):
     @step
     def compare(self):
         """One row of the comparison: HAMT, a baseline (trained with the same budget if needed) or an ablation."""
-        from hamt.compare import kind_of, run_baseline
+        from hamt.compare import run_baseline
+        from hamt.zoo import kind_of
 
         orc.enter_workdir()
         params = self._trained_params()

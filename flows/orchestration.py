@@ -25,7 +25,6 @@ import codecs
 import collections
 import csv
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -153,16 +152,6 @@ def git_info(folder: Path) -> dict:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None, "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
-
-
-def dir_sha256(folder: Path) -> dict:
-    """sha256 of every file under ``folder`` and one digest over (relative path, sha256) pairs."""
-    from hamt.data import file_sha256
-
-    folder = Path(folder)
-    files = {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-    total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in files.items()).encode()).hexdigest()
-    return {"sha256": total, "files": files}
 
 
 def versions() -> dict:

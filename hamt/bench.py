@@ -148,7 +148,7 @@ def _model_config(params, args):
 def _resolve_device(spec: str):
     import torch
 
-    from hamt.evaluate import resolve_device
+    from hamt.runtime import resolve_device
 
     device = resolve_device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -160,7 +160,7 @@ def _device_name(device) -> str:
     """evaluate.device_name, with the thread count on CPU (it sets the speed there)."""
     import torch
 
-    from hamt.evaluate import device_name
+    from hamt.runtime import device_name
 
     name = device_name(device)
     return name if device.type == "cuda" else f"{name} ({torch.get_num_threads()} threads)"
@@ -226,7 +226,7 @@ def _meta(device, command: str, config, opts: dict) -> dict:
 
 
 def _time(fn: Callable[[], Any], device) -> float:
-    from hamt.evaluate import synchronize
+    from hamt.runtime import synchronize
 
     synchronize(device)
     t0 = time.perf_counter()
@@ -244,7 +244,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device) -> tuple[int, str]:
     """
     import torch
 
-    from hamt.evaluate import synchronize
+    from hamt.runtime import synchronize
 
     if device.type == "cuda":
         synchronize(device)

@@ -10,8 +10,8 @@ timed ones; HAMT and GPT-2 are measured interleaved (rep 1: HAMT fp32, GPT-2 fp3
 bf16; rep 2: ...), so load from other processes on a shared machine hits both alike, and the table
 reports the median over reps with the min-max range.
 
-FLOPs per token are ``hamt.train.flops_per_token`` (6N + the mixer's FLOPs, see there); the peak is
-``hamt.train.peak_flops`` (a matmul probe on CPU, datasheet on GPU, env ``HAMT_PEAK_FLOPS`` wins),
+FLOPs per token are ``hamt.metrics.systems.flops_per_token`` (6N + the mixer's FLOPs, see there); the peak is
+``hamt.metrics.systems.peak_flops`` (a matmul probe on CPU, datasheet on GPU, env ``HAMT_PEAK_FLOPS`` wins),
 probed once per precision before the runs and printed with the table. Prints a markdown table;
 ``--out FILE`` also writes the rows as JSON.
 """
@@ -44,7 +44,7 @@ def measure(model, optimizer, batch: int, seq_len: int, precision: str, device, 
     """Seconds per optimiser step (mean over ``steps`` after ``warmup``)."""
     import torch
 
-    from hamt.train import autocast_context
+    from hamt.runtime import autocast_context
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=g).to(device)  # (B, T)
@@ -73,7 +73,10 @@ def measure(model, optimizer, batch: int, seq_len: int, precision: str, device, 
 def run(profiles, precisions, reps, steps, warmup, params_path, device_spec="auto", shapes=None) -> tuple[list, dict]:
     import torch
 
-    from hamt.train import build_model, flops_per_token, make_optimizer, peak_flops, resolve_device
+    from hamt.metrics.systems import flops_per_token, peak_flops
+    from hamt.runtime import resolve_device
+    from hamt.train import make_optimizer
+    from hamt.zoo import build_model
 
     device = resolve_device(device_spec)
     peaks = {prec: peak_flops(device, prec) for prec in precisions}
@@ -86,7 +89,7 @@ def run(profiles, precisions, reps, steps, warmup, params_path, device_spec="aut
             torch.manual_seed(0)
             m = build_model(cfg).to(device).train()
             opt = make_optimizer(m, 1e-4, (0.9, 0.95), 0.1, device)
-            models[label] = (m, opt, flops_per_token(m, cfg, seq), sum(p.numel() for p in m.parameters()))
+            models[label] = (m, opt, flops_per_token(m, seq)["total"], sum(p.numel() for p in m.parameters()))
         times = {(label, prec): [] for label in models for prec in precisions}
         for rep in range(reps):
             for prec in precisions:
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
         shapes[prof] = (int(b), int(t))
     rows, peaks = run(args.profiles, args.precisions, args.reps, args.steps, args.warmup, args.params,
                       args.device, shapes)
-    from hamt.train import resolve_device
+    from hamt.runtime import resolve_device
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

@@ -1,6 +1,6 @@
 """HAMT against its baselines, on the same tokens with the same metrics (stage ``compare``).
 
-The registry (``REGISTRY``) knows three kinds of model:
+The models (``hamt.zoo``) are of four kinds:
 
 - ``hamt``: the trained model, ``<train.out_dir>/hamt/final`` (``hamt train``);
 - ``scratch``: transformers' GPT2LMHeadModel trained here by the same trainer on the same tokens and
@@ -41,22 +41,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hamt.errors import ConfigError, DataError, HAMTError
-
-# name -> how to get it. ``tokenizer``: "tokens" reads the tokens' ids as they are (GPT-2 BPE
-# required for pretrained models); "own" re-tokenizes the evaluated text with the model's tokenizer.
-REGISTRY: dict[str, dict[str, Any]] = {
-    "hamt": {"kind": "hamt", "what": "HAMT, trained by `hamt train`"},
-    "gpt2-scratch": {"kind": "scratch", "scale": 1.0, "what": "GPT-2 architecture, parameter-matched, same tokens and budget"},
-    "gpt2-scratch-2x": {"kind": "scratch", "scale": 2.0, "what": "GPT-2 architecture, 2x HAMT's parameters, same tokens and budget"},
-    "gpt2": {"kind": "pretrained", "hub": "gpt2", "tokenizer": "tokens", "what": "OpenAI GPT-2 124M, zero-shot"},
-    "distilgpt2": {"kind": "pretrained", "hub": "distilgpt2", "tokenizer": "tokens", "what": "DistilGPT-2 82M, zero-shot"},
-    "EleutherAI/pythia-70m": {"kind": "pretrained", "hub": "EleutherAI/pythia-70m", "tokenizer": "own",
-                              "what": "Pythia-70M (Pile), zero-shot, own tokenizer"},
-    "EleutherAI/pythia-160m": {"kind": "pretrained", "hub": "EleutherAI/pythia-160m", "tokenizer": "own",
-                               "what": "Pythia-160M (Pile), zero-shot, own tokenizer"},
-}
-ABLATION_PREFIX = "ablation-"
+from hamt.errors import DataError, HAMTError
+from hamt.zoo import ABLATION_PREFIX, REGISTRY, ablation_overrides, describe, evaluation_plan, kind_of
 
 # Columns of results.csv, in order (results.json rows hold these plus nested details).
 COLUMNS = [
@@ -104,29 +90,6 @@ def skipped(name: str, kind: str, reason: str) -> dict:
     return row
 
 
-def kind_of(name: str) -> str:
-    if name.startswith(ABLATION_PREFIX):
-        return "ablation"
-    if name in REGISTRY:
-        return REGISTRY[name]["kind"]
-    raise ConfigError(f"unknown baseline '{name}'; known: {', '.join(REGISTRY)} or {ABLATION_PREFIX}<switch>")
-
-
-def ablation_overrides(switch: str) -> dict:
-    """HAMTConfig overrides of one ablation name (see ``hamt.params.ABLATION_PATTERN``)."""
-    fixed = {"gating-on": {"use_gating": True}, "gating-off": {"use_gating": False},
-             "aux-on": {"use_auxiliary_loss": True}, "aux-off": {"use_auxiliary_loss": False},
-             "conv-off": {"conv_kernel": 0}}
-    if switch in fixed:
-        return fixed[switch]
-    head, _, num = switch.rpartition("-")
-    if head == "slots" and num.isdigit():
-        return {"num_slots": int(num)}
-    if head == "conv" and num.isdigit():
-        return {"conv_kernel": int(num)}
-    raise ConfigError(f"compare.ablations: unknown ablation {switch!r}; use gating-on|off, aux-on|off, conv-off|conv-K, slots-N")
-
-
 # --------------------------------------------------------------------------------------------------
 # Shared evaluation context: the tokens, their counts, the device
 # --------------------------------------------------------------------------------------------------
@@ -139,7 +102,8 @@ class EvalContext:
         import numpy as np
 
         from hamt.data import load_split, read_meta
-        from hamt.evaluate import eval_counts, resolve_device
+        from hamt.metrics.lm import eval_counts
+        from hamt.runtime import resolve_device
 
         cp = params.compare
         self.params = params
@@ -192,16 +156,10 @@ def run_baseline(params, name: str, *, ctx: EvalContext | None = None, progress:
         row.update(status="failed", reason=f"{type(e).__name__}: {_first_line(e)}")
         _log(f"{name} failed:\n{traceback.format_exc()}")
     row["seconds"] = time.perf_counter() - t0
-    row.setdefault("what", _describe(name))
+    row.setdefault("what", describe(name))
     if row["status"] != "ok":
         _log(f"{name}: {row['status']} ({row['reason']})")
     return row
-
-
-def _describe(name: str) -> str:
-    if name.startswith(ABLATION_PREFIX):
-        return f"HAMT with {name[len(ABLATION_PREFIX):]}, same budget"
-    return REGISTRY.get(name, {}).get("what", "")
 
 
 def _train_summary(params, name: str) -> dict:
@@ -216,22 +174,6 @@ def _train_summary(params, name: str) -> dict:
     return {}
 
 
-def model_config_for(params, name: str, vocab_size: int):
-    """The config ``hamt.train.train`` builds ``name`` from (None: the trainer's default for it)."""
-    kind = kind_of(name)
-    if kind == "ablation":
-        return params.model_config(vocab_size=vocab_size, **ablation_overrides(name[len(ABLATION_PREFIX):]))
-    if kind == "scratch" and REGISTRY[name]["scale"] != 1.0:
-        from hamt.baselines import matched_gpt2_config
-        from hamt.config import count_parameters
-
-        hamt_cfg = params.model_config(vocab_size=vocab_size)
-        n_pos = max(params.train.seq_len, hamt_cfg.max_position_embeddings)
-        return matched_gpt2_config(hamt_cfg, n_positions=n_pos,
-                                   target=int(REGISTRY[name]["scale"] * count_parameters(hamt_cfg)))
-    return None  # hamt: params.model; gpt2-scratch: the trainer's matched baseline_config
-
-
 def _run_trained(params, name: str, kind: str, ctx: EvalContext, progress: bool) -> dict:
     final = Path(params.train.out_dir) / name / "final"
     if not (final / "config.json").is_file():
@@ -241,7 +183,7 @@ def _run_trained(params, name: str, kind: str, ctx: EvalContext, progress: bool)
 
         _log(f"{name}: no model in {final}; training it with the same budget (train.max_steps={params.train.max_steps})")
         # resume=True continues an interrupted earlier attempt (a fresh start when there is none)
-        summary = train(params, resume=True, name=name, model_config=model_config_for(params, name, ctx.vocab_size))
+        summary = train(params, resume=True, model=name)
         if summary.get("interrupted"):  # SIGINT/SIGTERM: the trainer saved a checkpoint; stop the whole stage
             raise KeyboardInterrupt(f"training {name} was interrupted; `hamt compare` resumes it")
     from hamt.generate import load_model
@@ -301,30 +243,30 @@ def _run_pretrained(params, name: str, ctx: EvalContext, progress: bool) -> dict
 
 
 def _evaluate_into(row: dict, model, ids, ctx: EvalContext, progress: bool, vocab: int | None = None) -> None:
-    """Fill a row with every metric of ``hamt.evaluate`` measured on ``model``."""
+    """Fill a row with every metric of ``hamt.metrics`` measured on ``model``."""
     import torch
 
-    from hamt import evaluate as ev
-    from hamt.recall import recall_accuracy
+    from hamt.metrics import lm, memory, systems
+    from hamt.metrics.recall import recall_accuracy
 
     cp, tp = ctx.params.compare, ctx.params.train
     ids_t = torch.as_tensor(ids)
-    limit = ev.max_context(model)
+    limit = systems.max_context(model)
     context = min(cp.eval_context, limit) if limit else cp.eval_context
     stride = min(cp.eval_stride, context)
     row["params"] = sum(p.numel() for p in model.parameters())
-    m = ev.evaluate_lm(model, ids_t, context=context, stride=stride, n_bytes=ctx.counts["bytes"],
+    m = lm.evaluate_lm(model, ids_t, context=context, stride=stride, n_bytes=ctx.counts["bytes"],
                        n_words=ctx.counts["words"], batch_size=cp.eval_batch_size, device=ctx.device,
                        progress=progress, desc=f"eval {row['name']}")
     row.update(loss=m["loss"], ppl=m["ppl"], bpb=m["bpb"], word_ppl=m["word_ppl"], eval_tokens=m["tokens"],
                eval_split=ctx.split, counts_note=ctx.counts["counts_note"], eval_context=context, eval_stride=stride)
-    row.update(ev.memory_diagnostics(model, ids_t, context=context, device=ctx.device))
-    if ev.is_hamt(model):
+    row.update(memory.memory_diagnostics(model, ids_t, context=context, device=ctx.device))
+    if memory.is_hamt(model):
         row["hamt_switches"] = {k: getattr(model.config, k) for k in
                                 ("use_gating", "use_auxiliary_loss", "conv_kernel", "num_slots")}
     batch = tp.micro_batch_size
-    tr = ev.train_throughput(model, batch, context, device=ctx.device, steps=cp.throughput_steps)
-    inf = ev.inference_throughput(model, batch, context, device=ctx.device, steps=cp.throughput_steps)
+    tr = systems.train_throughput(model, batch, context, device=ctx.device, steps=cp.throughput_steps)
+    inf = systems.inference_throughput(model, batch, context, device=ctx.device, steps=cp.throughput_steps)
     row.update(train_tok_s=tr["tokens_per_s"], peak_mem_mb=tr["peak_mem_mb"], mem_source=tr["mem_source"],
                train_mem_delta_mb=tr["mem_delta_mb"], infer_mem_delta_mb=inf["mem_delta_mb"],
                infer_tok_s=inf["tokens_per_s"], infer_peak_mem_mb=inf["peak_mem_mb"], probe_batch=batch,
@@ -333,7 +275,7 @@ def _evaluate_into(row: dict, model, ids, ctx: EvalContext, progress: bool, voca
     # length every model evaluated here can hold; the profile over decode_contexts goes to the plot.
     ref = max(1, cp.eval_context - cp.decode_tokens)
     contexts = sorted(set(cp.decode_contexts) | {ref})
-    decode = ev.decode_profile(model, contexts, new_tokens=cp.decode_tokens, device=ctx.device)
+    decode = systems.decode_profile(model, contexts, new_tokens=cp.decode_tokens, device=ctx.device)
     row["decode"] = decode
     at = next((d for d in decode if d["context"] == ref and d["status"] == "ok"), None)
     if at is not None:
@@ -376,11 +318,11 @@ def recall_probe(params, *, device=None) -> dict:
     cp = params.compare
     if cp.recall_train_steps == 0:
         return {"status": "skipped", "reason": "compare.recall_train_steps is 0"}
-    from hamt import evaluate as ev
+    from hamt import runtime
     from hamt.baselines import matched_gpt2_config
-    from hamt.recall import min_seq_len, train_recall
+    from hamt.metrics.recall import min_seq_len, train_recall
 
-    device = device or ev.resolve_device(params.train.device)
+    device = device or runtime.resolve_device(params.train.device)
     T = min_seq_len(max(cp.recall_pairs))
     hamt_cfg = params.model_config(vocab_size=cp.recall_vocab)
     gpt_cfg = matched_gpt2_config(hamt_cfg, n_positions=T)
@@ -425,11 +367,12 @@ def speed_probe(params, *, device=None) -> dict:
     import hamt.model  # noqa: F401
     from transformers import AutoModelForCausalLM
 
-    from hamt import evaluate as ev
+    from hamt import runtime
+    from hamt.metrics import systems
     from hamt.baselines import matched_gpt2_config
     from hamt.data import read_meta
 
-    device = device or ev.resolve_device(params.train.device)
+    device = device or runtime.resolve_device(params.train.device)
     vocab = int(read_meta(params.tokenizer.tokens_dir)["vocab_size"])
     hamt_cfg = params.model_config(vocab_size=vocab)
     models = {"hamt": AutoModelForCausalLM.from_config(hamt_cfg).to(device),
@@ -442,8 +385,8 @@ def speed_probe(params, *, device=None) -> dict:
         try:
             for rep in range(SPEED_REPEATS):
                 for arch in (list(models) if rep % 2 == 0 else list(models)[::-1]):  # alternate who goes first
-                    inf = ev.inference_throughput(models[arch], batch, T, device=device, steps=cp.throughput_steps)
-                    tr = ev.train_throughput(models[arch], batch, T, device=device, steps=cp.throughput_steps)
+                    inf = systems.inference_throughput(models[arch], batch, T, device=device, steps=cp.throughput_steps)
+                    tr = systems.train_throughput(models[arch], batch, T, device=device, steps=cp.throughput_steps)
                     runs[arch].append((inf, tr))
         except Exception as e:  # noqa: BLE001  e.g. out of memory at long sequences: recorded, not fatal
             for arch in models:
@@ -468,15 +411,6 @@ def speed_probe(params, *, device=None) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def names_to_run(params, baselines: list[str] | None = None) -> list[str]:
-    """HAMT, the baselines (compare.baselines unless given) and the ablations, each once, in order."""
-    names = ["hamt"] + list(params.compare.baselines if baselines is None else baselines)
-    names += [ABLATION_PREFIX + a for a in params.compare.ablations]
-    for n in names:
-        kind_of(n)  # unknown names fail before any work
-    return list(dict.fromkeys(names))
-
-
 def compare(params, baselines: list[str] | None = None, *, rows: list[dict] | None = None,
             progress: bool = False) -> dict:
     """Evaluate HAMT, the baselines and the ablations; run the probes; write ``compare.out_dir``.
@@ -484,7 +418,7 @@ def compare(params, baselines: list[str] | None = None, *, rows: list[dict] | No
     ``rows``: rows already computed by ``run_baseline`` (e.g. by the flow's foreach); only the
     probes then run here.
     """
-    names = names_to_run(params, baselines)
+    names = evaluation_plan(params, baselines)
     if rows is None:
         try:
             ctx = EvalContext(params)
@@ -524,7 +458,7 @@ def environment(params) -> dict:
     import torch
     import transformers
 
-    from hamt.evaluate import device_name, resolve_device
+    from hamt.runtime import device_name, resolve_device
 
     dev = resolve_device(params.train.device)
     return {"device": str(dev), "device_name": device_name(dev), "cpu_count": os.cpu_count(),

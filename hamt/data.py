@@ -17,21 +17,18 @@ This module imports numpy only; torch and datasets are imported inside the funct
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from hamt.errors import DataError
+from hamt.io import atomic_dir, file_sha256, write_json_atomic
 
 SPLITS = ("train", "valid", "test")
 HUB_REPO = "Salesforce/wikitext"
@@ -58,54 +55,6 @@ KNOWN_SHA256 = {
 }
 
 _OFFLINE_FIX = "--set data.source=local --set data.local_path=DIR or HAMT_DATA_DIR=DIR"
-
-
-# --------------------------------------------------------------------------------------------------
-# Small file helpers (shared with hamt.tokenize)
-# --------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a fresh temp folder beside ``final``; on success it replaces ``final`` in one rename.
-
-    A failed run removes the temp folder and leaves any previous ``final`` untouched.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder should not be
-    old = None
-    if final.exists() or final.is_symlink():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _env_true(name: str) -> bool:
@@ -363,7 +312,7 @@ def download(params) -> dict:
         else:
             splits, desc = _write_hub(params.data.dataset, tmp)
         manifest = {"source": desc, "splits": splits}
-        write_json(tmp / MANIFEST, manifest)
+        write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
 
 

@@ -46,7 +46,7 @@ def load_model(model_dir: str | Path, device: str = "cpu"):
     import hamt.model  # noqa: F401  registers model_type "hamt"
     from transformers import AutoModelForCausalLM
 
-    from hamt.train import resolve_device
+    from hamt.runtime import resolve_device
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():

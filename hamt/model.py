@@ -69,16 +69,6 @@ class HAMTCausalLMOutput(ModelOutput):
     slot_usage: torch.Tensor | None = None  # (L, S) mean write weight per slot per layer
 
 
-def slot_utilisation(slot_usage: torch.Tensor) -> dict[str, float]:
-    """Fraction of slots whose mean write weight exceeds 1/(2S), and the normalised entropy (1 = uniform)."""
-    usage = slot_usage.detach().float().reshape(-1, slot_usage.shape[-1])  # (L, S)
-    S = usage.shape[-1]
-    p = usage / usage.sum(-1, keepdim=True).clamp_min(1e-12)
-    active = (usage > 1.0 / (2 * S)).float().mean().item()
-    entropy = (-(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(S)).mean().item() if S > 1 else 1.0
-    return {"slot_active_fraction": active, "slot_entropy": entropy}
-
-
 class HAMTPreTrainedModel(PreTrainedModel):
     config_class = HAMTConfig
     config: HAMTConfig

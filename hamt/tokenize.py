@@ -25,10 +25,10 @@ from typing import Iterator
 import numpy as np
 
 from hamt.data import (
-    META, SPLITS, TOKENIZER_FILE, atomic_dir, file_sha256, hub_offline_setting, probe_hub, read_manifest,
-    read_meta, write_json,
+    META, SPLITS, TOKENIZER_FILE, hub_offline_setting, probe_hub, read_manifest, read_meta,
 )
 from hamt.errors import DataError
+from hamt.io import atomic_dir, file_sha256, write_json_atomic
 
 EOT = "<|endoftext|>"
 FORMAT_VERSION = 1
@@ -306,7 +306,7 @@ def tokenize(params, progress: bool = True) -> dict:
             "raw_source": raw_source,
             "splits": splits,
         }
-        write_json(tmp / META, meta)
+        write_json_atomic(tmp / META, meta)
     return meta
 
 

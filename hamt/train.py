@@ -1,8 +1,8 @@
 """The trainer: one loop for every Hugging Face causal LM (HAMT or the matched GPT-2), resumable bit for bit.
 
-``train(params, resume=..., name=..., model_config=...)`` reads the memmapped tokens of the tokenize
-stage, builds the model (HAMT from ``params.model``; the parameter-matched GPT-2 when ``name`` is
-``gpt2-scratch`` or ``model_config`` is a GPT2Config), and runs AdamW with linear warm-up and cosine
+``train(params, resume=..., model=..., name=...)`` reads the memmapped tokens of the tokenize
+stage, builds the model (``hamt.zoo.model_config_for``: HAMT, a parameter-matched baseline or an
+ablation), and runs AdamW with linear warm-up and cosine
 decay, gradient accumulation, autocast (fp32 | bf16 | fp16 + GradScaler), optional gradient
 checkpointing and ``torch.compile`` (eager fallback with a warning), periodic validation, atomic
 checkpoints (``hamt.checkpoint``) and a final ``save_pretrained`` export. Outputs:
@@ -55,10 +55,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hamt.errors import CheckpointError, ConfigError, HAMTError
+from hamt.metrics.memory import is_hamt
+from hamt.metrics.systems import (
+    PeakMemory,
+    flops_per_token,
+    matmul_params,
+    max_context,
+    peak_flops,
+)
+from hamt.runtime import DistInfo, autocast_context, init_distributed, is_oom
+from hamt.zoo import build_model, model_config_for
 
 LOG_COLUMNS = ["step", "tokens", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu",
                "peak_mem_mb", "fidelity", "slot_active_fraction"]
-BASELINE_NAMES = ("gpt2-scratch",)
 RESUME_HINT = "hamt train --resume"
 
 
@@ -73,142 +82,25 @@ class TrainingFailed(HAMTError):
 
 def add_arguments_train(parser) -> None:
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest valid checkpoint in <train.out_dir>/<name> (fresh start if none)")
+                        help="continue from the newest valid checkpoint in <train.out_dir>/<model> (fresh start if none)")
+    parser.add_argument("--model", default="hamt", metavar="NAME",
+                        help="which model of the comparison to train (hamt.zoo: hamt, gpt2-scratch, gpt2-scratch-2x, "
+                             "ablation-<switch>); checkpoints in <train.out_dir>/<name>, results in "
+                             "<train.results_dir>/<name>")
     parser.add_argument("--name", default=None,
-                        help="run name: checkpoints in <train.out_dir>/<name>, results in <train.results_dir>/<name> "
-                             "(default: hamt, or the baseline's name)")
-    parser.add_argument("--baseline", choices=BASELINE_NAMES, default=None,
-                        help="train the parameter-matched GPT-2 baseline instead of HAMT, through the same trainer")
+                        help="run name: the folders' name (default: the model's name)")
 
 
 def cli_train(params, args) -> int:
-    name = args.name or args.baseline or "hamt"
-    model_config = None
-    if args.baseline == "gpt2-scratch" and name != "gpt2-scratch":
-        from hamt.data import read_meta
-
-        model_config = baseline_config(params, int(read_meta(params.tokenizer.tokens_dir)["vocab_size"]))
-    summary = train(params, resume=args.resume, name=name, model_config=model_config)
+    summary = train(params, resume=args.resume, model=args.model, name=args.name)
     if summary.get("interrupted"):
         return 128 + int(summary.get("signal", signal.SIGINT))
     return 0
 
 
 # ---------------------------------------------------------------------------------------------------
-# Devices, distributed, precision
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DistInfo:
-    """Who this process is in a (possibly single-process) run. ``master`` logs and writes files."""
-
-    ddp: bool = False
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(spec: str, local_rank: int = 0):
-    """``auto | cpu | cuda | cuda:N`` -> torch.device; asking for CUDA without one is a ConfigError."""
-    import torch
-
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"train.device: '{spec}' requested but this machine has no usable CUDA device "
-                f"(torch {torch.__version__}); use --set train.device=cpu or auto"
-            )
-        idx = local_rank if spec == "cuda" else int(spec.split(":", 1)[1])
-        if idx >= torch.cuda.device_count():
-            raise ConfigError(f"train.device: {spec} does not exist ({torch.cuda.device_count()} CUDA devices)")
-        return torch.device(f"cuda:{idx}")
-    raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {spec!r}")
-
-
-def init_distributed(device_spec: str):
-    """One environment check (torchrun sets RANK), as in nanoGPT. Returns (DistInfo, device)."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("RANK", -1)) == -1:
-        return DistInfo(), resolve_device(device_spec)
-    info = DistInfo(True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
-    device = resolve_device(device_spec, info.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return info, device
-
-
-def autocast_context(device, precision: str):
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def is_oom(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------
-
-
-def baseline_config(params, vocab_size: int):
-    """The GPT-2 of matched parameter count for this profile's HAMT (its context covers train.seq_len)."""
-    from hamt.baselines import matched_gpt2_config
-
-    hamt_cfg = params.model_config(vocab_size=vocab_size)
-    return matched_gpt2_config(hamt_cfg, n_positions=max(params.train.seq_len, hamt_cfg.max_position_embeddings))
-
-
-def model_config_for(params, name: str, vocab_size: int, model_config=None):
-    if model_config is not None:
-        cfg = model_config
-    elif name in BASELINE_NAMES:
-        cfg = baseline_config(params, vocab_size)
-    else:
-        cfg = params.model_config(vocab_size=vocab_size)
-    from hamt.data import check_vocab
-
-    check_vocab({"vocab_size": vocab_size}, cfg.vocab_size)
-    return cfg
-
-
-def build_model(config):
-    """HAMTForCausalLM for a HAMTConfig, GPT2LMHeadModel for a GPT2Config (any other: AutoModelForCausalLM)."""
-    import hamt.model  # noqa: F401  registers model_type "hamt" with the Auto classes
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_config(config)
-
-
-def _is_hamt(config) -> bool:
-    return getattr(config, "model_type", "") == "hamt"
-
-
-def _max_context(config) -> int | None:
-    if _is_hamt(config):
-        return None  # a recurrence has no hard context limit
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def make_optimizer(model, lr: float, betas, weight_decay: float, device):
@@ -222,119 +114,6 @@ def make_optimizer(model, lr: float, betas, weight_decay: float, device):
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), **extra)
-
-
-# ---------------------------------------------------------------------------------------------------
-# FLOPs and MFU
-# ---------------------------------------------------------------------------------------------------
-
-
-def matmul_params(model) -> int:
-    """Weights used in a multiply-add per token: all parameters except embedding lookups (a tied lm_head counts)."""
-    from torch import nn
-
-    lookup = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if out is not None:
-        lookup.discard(id(out.weight))
-    return sum(p.numel() for p in model.parameters() if id(p) not in lookup)
-
-
-def flops_per_token(model, config, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward = 3 x forward), the PaLM/nanoGPT convention.
-
-    What is counted:
-    - 6 N, N = ``matmul_params(model)``: each weight does one multiply-add (2 FLOPs) per token in the
-      forward pass and two in the backward (input and weight gradients). Embedding lookups are not
-      FLOPs and are left out; a tied lm_head is a matmul and is counted once.
-    - the mixer's FLOPs that use no weights, x3 for training:
-      * GPT-2 attention: QK^T and AV over the full context, 2 x 2 T d per layer and token (the causal
-        mask's halving is ignored, as in PaLM/nanoGPT): 12 L T d for training.
-      * HAMT memory, counted as the recurrent algorithm (not the chunked implementation, whose
-        intra-chunk matmul does about 4 C S H F more per token): per layer and token,
-        3 rfft + 1 irfft of P reals per head (~2.5 P log2 P each: 10 D log2 P), the unitary
-        projection of K and Q (~12 H F), the write pi(K) V w plus the decay-and-add of the state
-        (~12 S H F) and the slot-weighted read conj(pi(Q)) M (~10 S H F); with the auxiliary loss
-        the key read-back adds ~10 S H F + 2.5 D log2 P.
-    Norms, activations, softmaxes and the loss are not counted (conventional; a few percent).
-    """
-    n = matmul_params(model)
-    if _is_hamt(config):
-        D, H, S, L = config.hcm_dim, config.num_attention_heads, config.num_slots, config.num_layers
-        P = D // H
-        F = P // 2 + 1
-        mixer = 10 * D * math.log2(P) + 12 * H * F + 22 * S * H * F
-        if config.use_auxiliary_loss:
-            mixer += 10 * S * H * F + 2.5 * D * math.log2(P)
-        return 6 * n + 3 * L * mixer
-    L = getattr(config, "n_layer", None) or getattr(config, "num_hidden_layers", 0)
-    d = getattr(config, "n_embd", None) or getattr(config, "hidden_size", 0)
-    return 6 * n + 12 * L * seq_len * d
-
-
-# Dense peak FLOP/s of common accelerators: (bf16/fp16 tensor cores, fp32 via TF32 tensor cores).
-# From the vendors' datasheets (dense, no sparsity). Matched on the device name; first match wins.
-GPU_PEAK_FLOPS = [
-    ("H100 PCIe", 756e12, 378e12), ("H100", 989e12, 495e12), ("H200", 989e12, 495e12), ("GH200", 989e12, 495e12),
-    ("B200", 2250e12, 1100e12), ("A100", 312e12, 156e12), ("A10G", 125e12, 62.5e12), ("A10", 125e12, 62.5e12),
-    ("L40S", 362e12, 183e12), ("L4", 121e12, 60e12), ("4090", 165e12, 82.6e12), ("3090", 71e12, 35.6e12),
-    ("V100", 125e12, 15.7e12), ("T4", 65e12, 8.1e12),
-]
-
-_CPU_PEAK_CACHE: dict[str, float] = {}
-
-
-def measure_cpu_peak(precision: str = "fp32", size: int = 1024, reps: int = 4) -> float:
-    """Best-of-``reps`` FLOP/s of a ``size``^3 matmul in this process (fp32 or bf16); cached per dtype."""
-    import torch
-
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    key = f"{precision}:{size}:{torch.get_num_threads()}"
-    if key not in _CPU_PEAK_CACHE:
-        a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
-        a @ a  # warm-up
-        best = float("inf")
-        for _ in range(reps):
-            t = time.perf_counter()
-            a @ a
-            best = min(best, time.perf_counter() - t)
-        _CPU_PEAK_CACHE[key] = 2 * size**3 / best
-    return _CPU_PEAK_CACHE[key]
-
-
-def peak_flops(device, precision: str, override: float = 0.0) -> tuple[float | None, str]:
-    """The peak FLOP/s MFU is measured against, and where the number comes from.
-
-    Order: env ``HAMT_PEAK_FLOPS`` > ``train.peak_flops`` > for CUDA the datasheet table above (None
-    for an unknown GPU: MFU is then not reported) > for CPU a matmul probe run in this process (a
-    1024^3 matmul, best of 4, in the training precision: fp16 is probed as fp32). On a shared CPU the
-    probe is noisy; set ``HAMT_PEAK_FLOPS`` for comparable numbers across runs.
-    """
-    env = os.environ.get("HAMT_PEAK_FLOPS")
-    if env:
-        return float(env), "env HAMT_PEAK_FLOPS"
-    if override > 0:
-        return float(override), "train.peak_flops"
-    if device.type == "cuda":
-        import torch
-
-        name = torch.cuda.get_device_name(device)
-        for key, half, single in GPU_PEAK_FLOPS:
-            if key in name:
-                return (single if precision == "fp32" else half), f"datasheet {key}"
-        return None, f"unknown GPU {name!r} (set HAMT_PEAK_FLOPS)"
-    return measure_cpu_peak("bf16" if precision == "bf16" else "fp32"), "cpu matmul probe"
-
-
-def peak_memory_mb(device) -> float:
-    """CUDA: the allocator's peak since start; CPU: the process's peak resident set size."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -455,9 +234,10 @@ class EnvFaults:
 # ---------------------------------------------------------------------------------------------------
 
 
-def train(params, *, resume: bool | str = False, name: str = "hamt", model_config=None,
+def train(params, *, resume: bool | str = False, model: str = "hamt", name: str | None = None,
           fault_hook: Callable[[int], Any] | None = None) -> dict:
-    """Train ``name`` on the tokens of ``params.tokenizer.tokens_dir``; return the summary (= metrics.json).
+    """Train ``model`` (a name of ``hamt.zoo``) on the tokens of ``params.tokenizer.tokens_dir`` as run
+    ``name`` (default: the model's name); return the summary (= metrics.json).
 
     ``resume``: True continues from the newest valid checkpoint in ``<out_dir>/<name>`` (a fresh start
     when there is none); a path resumes from that checkpoint file. ``fault_hook(step)`` is called
@@ -466,7 +246,7 @@ def train(params, *, resume: bool | str = False, name: str = "hamt", model_confi
     """
     dist_info, device = init_distributed(params.train.device)
     try:
-        trainer = Trainer(params, name, model_config, dist_info, device, fault_hook)
+        trainer = Trainer(params, name or model, model, dist_info, device, fault_hook)
         return trainer.run(resume)
     finally:
         if dist_info.ddp:
@@ -479,13 +259,14 @@ def train(params, *, resume: bool | str = False, name: str = "hamt", model_confi
 class Trainer:
     """State of one training run; ``run`` is the loop. Read top to bottom: build, resume, step, log, save."""
 
-    def __init__(self, params, name, model_config, dist_info: DistInfo, device, fault_hook=None):
+    def __init__(self, params, name: str, model: str, dist_info: DistInfo, device, fault_hook=None):
         import torch
 
         from hamt.data import load_split, read_meta
 
         self.params, self.tp, self.fp = params, params.train, params.fallback
         self.name, self.dist, self.device = name, dist_info, device
+        self.memory = PeakMemory(device).__enter__()  # peak memory of this run (read at each log)
         self.master = dist_info.master
         self.ckpt_dir = Path(self.tp.out_dir) / name
         self.results_dir = Path(self.tp.results_dir) / name
@@ -510,8 +291,8 @@ class Trainer:
         self.per_rank_batch = per_rank
 
         # Model ------------------------------------------------------------------------------------
-        self.config = model_config_for(params, name, vocab, model_config)
-        ctx = _max_context(self.config)
+        self.config = model_config_for(params, model, vocab)
+        ctx = max_context(self.config)
         if ctx is not None and self.tp.seq_len > ctx:
             raise ConfigError(f"train.seq_len ({self.tp.seq_len}) exceeds the model's context ({ctx})")
         torch.manual_seed(self.tp.seed)  # identical initial weights on every rank
@@ -555,7 +336,7 @@ class Trainer:
         self._last = {"lr": None, "grad_norm": None}
         self.csv = None
         self.peak, self.peak_source = peak_flops(device, self.tp.precision, self.tp.peak_flops)
-        self.flops_tok = flops_per_token(self.raw_model, self.config, self.tp.seq_len)
+        self.flops_tok = flops_per_token(self.raw_model, self.tp.seq_len)["total"]
 
     # --- construction helpers ------------------------------------------------------------------
     def _make_optimizer(self):
@@ -795,7 +576,7 @@ class Trainer:
             # The remaining steps draw windows of the new length from a loader seeded by this step.
             L.loader_seed = self.tp.seed + step
             self.loader = self._make_loader()
-            self.flops_tok = flops_per_token(self.raw_model, self.config, new_seq)  # attention FLOPs follow T
+            self.flops_tok = flops_per_token(self.raw_model, new_seq)["total"]  # attention FLOPs follow T
             return x[:, :new_seq].contiguous()
         raise TrainingFailed(
             f"out of memory at step {step} even with micro_batch_size={L.micro_batch_size}, gradient checkpointing "
@@ -856,7 +637,7 @@ class Trainer:
             row.update(tokens_per_s=tps, mfu=(self.flops_tok * tps / self.peak) if self.peak else None)
             if iv["fid"]:
                 row["fidelity"] = sum(iv["fid"]) / len(iv["fid"])
-        row["peak_mem_mb"] = peak_memory_mb(self.device)
+        row["peak_mem_mb"] = self.memory.read() / 2**20
         if do_eval:
             ev = self.evaluate()
             row.update(ev)
@@ -886,7 +667,7 @@ class Trainer:
                                self.tp.seed + 1, 0, 1, name="the valid split")
         was_training = self.raw_model.training
         self.raw_model.eval()
-        hamt = _is_hamt(self.config)
+        hamt = is_hamt(self.config)
         sums = torch.zeros(5, dtype=torch.float64)  # loss, n, fidelity, slot_active_fraction, n_stats
         with torch.no_grad():
             for i in range(self.dist.rank, self.tp.eval_batches, self.dist.world_size):
@@ -899,7 +680,7 @@ class Trainer:
                 sums[0] += float(lm)
                 sums[1] += 1
                 if hamt and out.fidelity is not None:
-                    from hamt.model import slot_utilisation
+                    from hamt.metrics.memory import slot_utilisation
 
                     sums[2] += float(out.fidelity)
                     sums[3] += slot_utilisation(out.slot_usage)["slot_active_fraction"]
@@ -1018,7 +799,7 @@ class Trainer:
             self.ladder = saved
             self._set_gradient_checkpointing(saved.gradient_checkpointing)
             self.loader = self._make_loader()
-            self.flops_tok = flops_per_token(self.raw_model, self.config, saved.seq_len)
+            self.flops_tok = flops_per_token(self.raw_model, saved.seq_len)["total"]
             loader_matches = True
         if loader_matches:
             self.loader.load_state_dict(_from_plain_state(state["loader"][self.dist.rank]))
@@ -1155,7 +936,7 @@ class Trainer:
             "peak_flops": self.peak,
             "peak_flops_source": self.peak_source,
             "mfu": (self.flops_tok * tps / self.peak) if (tps and self.peak) else None,
-            "peak_mem_mb": peak_memory_mb(self.device),
+            "peak_mem_mb": self.memory.read() / 2**20,
             "train_time_s": self.train_time,
             "wall_time_s": time.time() - t_start,
             "device": str(self.device),

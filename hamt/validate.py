@@ -7,7 +7,7 @@ A short training run of a small model on the real tokens, through the real train
   (first logged step vs the mean of the last five logged steps);
 - ``finite``: no NaN/inf loss, and no divergence roll-back was needed;
 - ``generation``: the trained model generates the requested tokens and they decode to text;
-- ``recall``: a small HAMT of the same shape trained briefly on MQAR (``hamt.recall``) recalls
+- ``recall``: a small HAMT of the same shape trained briefly on MQAR (``hamt.metrics.recall``) recalls
   above chance (by more than three binomial standard errors).
 
 The small model is the profile's ``model`` section with ``validate.model`` over it (GPU profiles use
@@ -95,7 +95,7 @@ def _recall_check(sp, steps: int, pairs: int, vocab: int, device) -> dict:
     import hamt.model  # noqa: F401  registers the HAMT Auto classes
     from transformers import AutoModelForCausalLM
 
-    from hamt.recall import above_chance, train_recall
+    from hamt.metrics.recall import above_chance, train_recall
 
     cfg = sp.model_config(vocab_size=vocab)
     r = train_recall(lambda: AutoModelForCausalLM.from_config(cfg), vocab_size=vocab, n_pairs=pairs, steps=steps,
@@ -108,7 +108,7 @@ def _recall_check(sp, steps: int, pairs: int, vocab: int, device) -> dict:
 
 def validate_small(params) -> dict:
     """Run the small-model checks; write ``validate.out_dir/metrics.json``; return the verdict."""
-    from hamt.evaluate import resolve_device
+    from hamt.runtime import resolve_device
     from hamt.report import write_json as write_json_atomic
     from hamt.train import TrainingFailed, train
 

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT, make_corpus
 from hamt import compare as cmp
+from hamt import zoo
 from hamt.errors import ConfigError
 
 FAST = [
@@ -167,22 +168,22 @@ def test_ablation_is_trained_through_the_trainer_with_its_switch(tokens, tmp_pat
 
 
 def test_registry_names_and_ablation_switches():
-    assert cmp.ablation_overrides("gating-off") == {"use_gating": False}
-    assert cmp.ablation_overrides("slots-8") == {"num_slots": 8}
-    assert cmp.ablation_overrides("conv-off") == {"conv_kernel": 0}
+    assert zoo.ablation_overrides("gating-off") == {"use_gating": False}
+    assert zoo.ablation_overrides("slots-8") == {"num_slots": 8}
+    assert zoo.ablation_overrides("conv-off") == {"conv_kernel": 0}
     with pytest.raises(ConfigError):
-        cmp.ablation_overrides("dropout-on")
-    with pytest.raises(ConfigError, match="unknown baseline"):
-        cmp.kind_of("gpt5")
+        zoo.ablation_overrides("dropout-on")
+    with pytest.raises(ConfigError, match="unknown model"):
+        zoo.kind_of("gpt5")
 
 
 def test_unknown_ablation_or_baseline_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="unknown ablation"):
         micro_params(tmp_path, "compare.ablations=[no-such-switch]")
     params = micro_params(tmp_path, "compare.baselines=[gpt5]")
-    with pytest.raises(ConfigError, match="unknown baseline"):
+    with pytest.raises(ConfigError, match="unknown model"):
         cmp.compare(params)
-    names = cmp.names_to_run(micro_params(tmp_path, "compare.ablations=[slots-1]", "compare.baselines=[gpt2-scratch]"))
+    names = zoo.evaluation_plan(micro_params(tmp_path, "compare.ablations=[slots-1]", "compare.baselines=[gpt2-scratch]"))
     assert names == ["hamt", "gpt2-scratch", "ablation-slots-1"]
 
 

@@ -80,7 +80,7 @@ def test_metrics_and_plots_point_at_stage_outputs():
 
 def test_compare_outputs_are_the_baselines_it_trains_in_every_profile():
     """DVC must own (and so clear before re-running) every model `hamt compare` trains, or it reuses stale ones."""
-    from hamt.compare import kind_of
+    from hamt.zoo import kind_of
     from hamt.params import load_params, profile_names
 
     outs = _paths(dvc_yaml()["stages"]["compare"]["outs"])

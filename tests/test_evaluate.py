@@ -1,4 +1,4 @@
-"""Metrics of hamt.evaluate against values known in closed form and against direct computations."""
+"""Metrics of hamt.metrics against values known in closed form and against direct computations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hamt import evaluate as ev
+from hamt import runtime
+from hamt.metrics import lm, memory, systems
 
 
 class UniformLM(nn.Module):
@@ -68,7 +69,7 @@ def full_nll(model, ids: torch.Tensor) -> float:
 @pytest.mark.parametrize("vocab", [7, 256])
 def test_uniform_model_perplexity_is_the_vocabulary_size(vocab):
     ids = torch.randint(0, vocab, (301,), generator=torch.Generator().manual_seed(1))
-    m = ev.evaluate_lm(UniformLM(vocab), ids, context=32, stride=16)
+    m = lm.evaluate_lm(UniformLM(vocab), ids, context=32, stride=16)
     assert m["tokens"] == 300  # every token but the first is a target
     assert m["ppl"] == pytest.approx(vocab, rel=1e-6)
     assert m["loss"] == pytest.approx(math.log(vocab), rel=1e-6)
@@ -76,35 +77,35 @@ def test_uniform_model_perplexity_is_the_vocabulary_size(vocab):
 
 def test_bits_per_byte_and_word_perplexity_from_known_totals():
     nll = 2 * math.log(2) * 100  # 2 bits per byte over 100 bytes
-    m = ev.lm_metrics(nll, n_tokens=50, n_bytes=100, n_words=20)
+    m = lm.lm_metrics(nll, n_tokens=50, n_bytes=100, n_words=20)
     assert m["bpb"] == pytest.approx(2.0)
     assert m["word_ppl"] == pytest.approx(math.exp(nll / 20))
     assert m["ppl"] == pytest.approx(math.exp(nll / 50))
     # bpb does not depend on how many tokens carried the NLL (tokenizer independence)
-    assert ev.lm_metrics(nll, n_tokens=80, n_bytes=100)["bpb"] == pytest.approx(2.0)
-    assert ev.lm_metrics(nll, n_tokens=50)["bpb"] is None
+    assert lm.lm_metrics(nll, n_tokens=80, n_bytes=100)["bpb"] == pytest.approx(2.0)
+    assert lm.lm_metrics(nll, n_tokens=50)["bpb"] is None
 
 
 def test_uniform_bpb_matches_hand_computation():
     vocab, n = 16, 101
     ids = torch.zeros(n, dtype=torch.long)
-    m = ev.evaluate_lm(UniformLM(vocab), ids, context=10, stride=4, n_bytes=400, n_words=80)
+    m = lm.evaluate_lm(UniformLM(vocab), ids, context=10, stride=4, n_bytes=400, n_words=80)
     assert m["bpb"] == pytest.approx((n - 1) * math.log(vocab) / (math.log(2) * 400))
     assert m["word_ppl"] == pytest.approx(math.exp((n - 1) * math.log(vocab) / 80))
 
 
 def test_text_counts_are_utf8_bytes_and_whitespace_words():
-    assert ev.text_counts(" héllo  wörld \n x") == {"bytes": len(" héllo  wörld \n x".encode()), "words": 3}
+    assert lm.text_counts(" héllo  wörld \n x") == {"bytes": len(" héllo  wörld \n x".encode()), "words": 3}
 
 
 def test_eval_counts_scale_with_the_evaluated_fraction():
     meta = {"tokens": 1000, "bytes": 4000, "words": 800}
-    full = ev.eval_counts(meta, 1000)
+    full = lm.eval_counts(meta, 1000)
     assert (full["bytes"], full["words"]) == (4000, 800) and "exact" in full["counts_note"]
-    part = ev.eval_counts(meta, 250)
+    part = lm.eval_counts(meta, 250)
     assert part["bytes"] == pytest.approx(1000) and part["words"] == pytest.approx(200)
     assert "scaled" in part["counts_note"] and "250" in part["counts_note"]
-    assert ev.eval_counts({"tokens": 10}, 10)["bytes"] is None
+    assert lm.eval_counts({"tokens": 10}, 10)["bytes"] is None
 
 
 # ---- sliding windows ----------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ def test_eval_counts_scale_with_the_evaluated_fraction():
 @pytest.mark.parametrize("n", [2, 5, 31, 32, 33, 100, 257])
 @pytest.mark.parametrize("context,stride", [(8, 1), (8, 3), (8, 4), (8, 8), (32, 16), (2, 2)])
 def test_windows_score_every_target_exactly_once(n, context, stride):
-    spans = ev.windows(n, context, stride)
+    spans = lm.windows(n, context, stride)
     scored = []
     for begin, end, first in spans:
         assert 0 <= begin < first <= end <= n and end - begin <= context
@@ -130,11 +131,11 @@ def test_sliding_window_equals_a_direct_per_target_computation():
     context, stride = 12, 5
     direct = 0.0
     with torch.no_grad():
-        for begin, end, first in ev.windows(len(ids), context, stride):
+        for begin, end, first in lm.windows(len(ids), context, stride):
             for j in range(first, end):
                 logits = model(input_ids=ids[None, begin:j]).logits[0, -1]
                 direct -= F.log_softmax(logits, -1)[ids[j]].item()
-    r = ev.sliding_window_nll(model, ids, context, stride, batch_size=3)
+    r = lm.sliding_window_nll(model, ids, context, stride, batch_size=3)
     assert r["tokens"] == len(ids) - 1
     assert r["nll_sum"] == pytest.approx(direct, rel=1e-5)
 
@@ -144,7 +145,7 @@ def test_window_as_long_as_the_text_equals_one_full_forward():
     ids = torch.randint(0, 50, (30,), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         expected = full_nll(model, ids)
-    assert ev.sliding_window_nll(model, ids, 64, 16)["nll_sum"] == pytest.approx(expected, rel=1e-5)
+    assert lm.sliding_window_nll(model, ids, 64, 16)["nll_sum"] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("context,stride", [(4, 1), (6, 6), (9, 4)])
@@ -153,23 +154,23 @@ def test_context_free_model_gives_the_full_forward_nll_for_any_window(context, s
     ids = torch.randint(0, 13, (77,), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = full_nll(model, ids)
-    assert ev.sliding_window_nll(model, ids, context, stride)["nll_sum"] == pytest.approx(expected, rel=1e-6)
+    assert lm.sliding_window_nll(model, ids, context, stride)["nll_sum"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_context_changes_the_nll_of_a_recurrent_model():
     """Sanity in the other direction: the window really limits what a context-dependent model sees."""
     model = tiny_hamt()
     ids = torch.randint(0, 50, (64,), generator=torch.Generator().manual_seed(6))
-    a = ev.sliding_window_nll(model, ids, 64, 32)["nll_sum"]
-    b = ev.sliding_window_nll(model, ids, 4, 1)["nll_sum"]
+    a = lm.sliding_window_nll(model, ids, 64, 32)["nll_sum"]
+    b = lm.sliding_window_nll(model, ids, 4, 1)["nll_sum"]
     assert a != pytest.approx(b, rel=1e-6)  # context matters for a recurrent model: windows change the NLL
 
 
 def test_windows_reject_bad_arguments():
     with pytest.raises(ValueError):
-        ev.windows(10, 1, 1)
+        lm.windows(10, 1, 1)
     with pytest.raises(ValueError):
-        ev.windows(10, 8, 9)
+        lm.windows(10, 8, 9)
 
 
 # ---- systems metrics -------------------------------------------------------------------------------------
@@ -177,8 +178,8 @@ def test_windows_reject_bad_arguments():
 
 def test_cache_bytes_hamt_constant_gpt2_linear():
     hamt, gpt = tiny_hamt(), tiny_gpt2(n_positions=128)
-    rows_h = ev.decode_profile(hamt, [4, 16, 64], new_tokens=3)
-    rows_g = ev.decode_profile(gpt, [4, 16, 64, 200], new_tokens=3)
+    rows_h = systems.decode_profile(hamt, [4, 16, 64], new_tokens=3)
+    rows_g = systems.decode_profile(gpt, [4, 16, 64, 200], new_tokens=3)
     sizes_h = [r["state_bytes"] for r in rows_h]
     assert len(set(sizes_h)) == 1 and sizes_h[0] > 0
     ok = [r for r in rows_g if r["status"] == "ok"]
@@ -192,24 +193,24 @@ def test_cache_bytes_hamt_constant_gpt2_linear():
 
 def test_cache_nbytes_walks_nested_containers_once():
     t = torch.zeros(10, dtype=torch.float32)
-    assert ev.cache_nbytes((t, [t, torch.zeros(3, dtype=torch.float64)])) == 40 + 24
-    assert ev.cache_nbytes(None) == 0
+    assert systems.cache_nbytes((t, [t, torch.zeros(3, dtype=torch.float64)])) == 40 + 24
+    assert systems.cache_nbytes(None) == 0
 
 
 def test_throughput_probes_leave_the_model_untouched():
     model = tiny_gpt2()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tr = ev.train_throughput(model, 2, 16, steps=1)
-    inf = ev.inference_throughput(model, 2, 16, steps=1)
+    tr = systems.train_throughput(model, 2, 16, steps=1)
+    inf = systems.inference_throughput(model, 2, 16, steps=1)
     assert tr["tokens_per_s"] > 0 and inf["tokens_per_s"] > 0
     assert tr["peak_mem_mb"] > 0 and tr["mem_source"] in ("rss_reset", "rss_since_start")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_peak_memory_sees_a_large_allocation():
-    with ev.PeakMemory("cpu") as small:
+    with systems.PeakMemory("cpu") as small:
         torch.ones(10)
-    with ev.PeakMemory("cpu") as big:
+    with systems.PeakMemory("cpu") as big:
         x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         x += 1
         del x
@@ -219,16 +220,16 @@ def test_peak_memory_sees_a_large_allocation():
 
 def test_memory_diagnostics_of_hamt_and_none_for_gpt2():
     ids = torch.randint(0, 50, (100,), generator=torch.Generator().manual_seed(7))
-    d = ev.memory_diagnostics(tiny_hamt(), ids, context=16)
+    d = memory.memory_diagnostics(tiny_hamt(), ids, context=16)
     assert -1.0 <= d["fidelity"] <= 1.0
     assert 0.0 <= d["slot_active_fraction"] <= 1.0 and 0.0 <= d["slot_entropy"] <= 1.0 + 1e-6
     assert len(d["slot_usage"]) == 1 and len(d["slot_usage"][0]) == 2
-    assert ev.memory_diagnostics(tiny_gpt2(), ids, context=16) == {}
+    assert memory.memory_diagnostics(tiny_gpt2(), ids, context=16) == {}
 
 
 def test_resolve_device_and_name():
-    assert ev.resolve_device("cpu").type == "cpu"
-    assert ev.device_name("cpu").startswith("CPU")
+    assert runtime.resolve_device("cpu").type == "cpu"
+    assert runtime.device_name("cpu").startswith("CPU")
 
 
 @pytest.mark.gpu
@@ -236,10 +237,10 @@ def test_resolve_device_and_name():
 def test_cuda_metrics_match_cpu_and_memory_uses_the_allocator():
     model = tiny_gpt2()
     ids = torch.randint(0, 50, (90,), generator=torch.Generator().manual_seed(8))
-    cpu = ev.sliding_window_nll(model, ids, 16, 8)["nll_sum"]
+    cpu = lm.sliding_window_nll(model, ids, 16, 8)["nll_sum"]
     gpu_model = tiny_gpt2().cuda()
-    assert ev.sliding_window_nll(gpu_model, ids, 16, 8, device="cuda")["nll_sum"] == pytest.approx(cpu, rel=1e-4)
-    tr = ev.train_throughput(gpu_model, 2, 16, device="cuda", steps=1)
+    assert lm.sliding_window_nll(gpu_model, ids, 16, 8, device="cuda")["nll_sum"] == pytest.approx(cpu, rel=1e-4)
+    tr = systems.train_throughput(gpu_model, 2, 16, device="cuda", steps=1)
     assert tr["mem_source"] == "cuda_allocator" and tr["peak_mem_mb"] > 0
-    rows = ev.decode_profile(tiny_hamt().cuda(), [8, 32], new_tokens=2, device="cuda")
+    rows = systems.decode_profile(tiny_hamt().cuda(), [8, 32], new_tokens=2, device="cuda")
     assert rows[0]["state_bytes"] == rows[1]["state_bytes"] > 0

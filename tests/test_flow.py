@@ -29,6 +29,7 @@ from test_dvc import DVC, GIT, dvc, make_repo, tool_env
 
 sys.path.insert(0, str(ROOT / "flows"))
 import orchestration as orc  # noqa: E402
+from hamt.io import dir_sha256  # noqa: E402
 
 # The repository copy's place is fixed now: the Metaflow client of this process reads the datastore root
 # when metaflow is first imported (inside the tests), and the flow keeps runs and cards in <repo>/.metaflow.
@@ -246,7 +247,7 @@ def test_flow_run_records_artifacts(workspace, primary_run):
     assert d.data_sha256 == {s: v["sha256"] for s, v in manifest["splits"].items()}
     assert d.tokenizer_identity["kind"] == "bpe" and len(d.tokenizer_identity["sha256"]) == 64
     assert d.checkpoint_dir == "checkpoints/hamt/final"
-    assert d.checkpoint_sha256 == orc.dir_sha256(repo / "checkpoints/hamt/final")
+    assert d.checkpoint_sha256 == dir_sha256(repo / "checkpoints/hamt/final")
     assert d.train_metrics["steps"] == 20 and d.train_metrics["val_loss"] > 0
     assert d.git["commit"] == subprocess.run([GIT, "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                                              text=True).stdout.strip()
@@ -350,9 +351,11 @@ def test_card_server_serves_the_report_card(workspace, fallback_run, tmp_path):
         if CHROMIUM is None:
             pytest.skip("chromium not installed (apt-get install -y chromium): card served but not rendered")
         shot = screenshot_url(url, tmp_path / "card.png", tmp_path / "profile-a")
-        control = screenshot_url(f"{base}/card/{report[0]['task']}/0000", tmp_path / "control.png", tmp_path / "p-b")
+        control = screenshot_url(f"{base}/card/{report[0]['task']}/0000", tmp_path / "control.png", tmp_path / "p-b",
+                                 allow_http_error=True)
         assert shot.std() > 10 and saturated(shot) > 30_000, saturated(shot)  # the report's coloured plots
-        assert saturated(control) < 5_000, saturated(control)  # 404 page (a blue button): the check can fail
+        # a 404 page (a blue button; newer Chromium renders nothing for an HTTP error): the check can fail
+        assert control is None or saturated(control) < 5_000, saturated(control)
     finally:
         server.terminate()
         try:
@@ -366,7 +369,7 @@ def saturated(pixels) -> int:
     return int(((pixels.max(-1) - pixels.min(-1)) > 100).sum())
 
 
-def screenshot_url(url: str, out: Path, profile: Path):
+def screenshot_url(url: str, out: Path, profile: Path, allow_http_error: bool = False):
     import numpy as np
     from PIL import Image
 
@@ -375,6 +378,8 @@ def screenshot_url(url: str, out: Path, profile: Path):
            f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1280,3000",
            "--virtual-time-budget=5000", url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if allow_http_error and not out.is_file() and "ERR_HTTP_RESPONSE_CODE_FAILURE" in proc.stderr:
+        return None
     assert out.is_file(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-500:]}"
     return np.asarray(Image.open(out).convert("RGB")).astype(int)  # (H, W, 3)
 

@@ -6,7 +6,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hamt.config import HAMTConfig
-from hamt.model import HAMTForCausalLM, slot_utilisation
+from hamt.metrics.memory import slot_utilisation
+from hamt.model import HAMTForCausalLM
 
 
 def small_config(**kw):

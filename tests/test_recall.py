@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hamt import recall
+from hamt.metrics import recall
 from hamt.errors import ConfigError
 
 

@@ -236,7 +236,7 @@ def test_gpt2_baseline_through_the_cli_and_generate(tokens_dir, tmp_path, capsys
     common = ["--params", str(ROOT / "params.yaml"), "--profile", "micro",
               "--set", f"tokenizer.tokens_dir={tokens_dir}", "--set", f"train.out_dir={tmp_path / 'ckpt'}",
               "--set", f"train.results_dir={tmp_path / 'results'}", "--set", "train.max_steps=30"]
-    assert main(["train", "--baseline", "gpt2-scratch", *common]) == 0
+    assert main(["train", "--model", "gpt2-scratch", *common]) == 0
     metrics = json.loads((tmp_path / "results" / "gpt2-scratch" / "metrics.json").read_text())
     assert metrics["model_class"] == "GPT2LMHeadModel"
     rows = series(tmp_path, "gpt2-scratch")

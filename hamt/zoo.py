@@ -1,0 +1,118 @@
+"""Every model the project trains or evaluates: its name, its kind, its config, how it is built.
+
+Three kinds of name:
+
+- ``hamt``: HAMT as ``params.model`` describes it;
+- ``scratch``: a baseline architecture from transformers, trained from scratch by the same trainer on
+  the same tokens and budget, parameter-matched to HAMT (``hamt.baselines``): ``gpt2-scratch`` with
+  HAMT's count, ``gpt2-scratch-2x`` with twice it;
+- ``ablation``: ``ablation-<switch>``, HAMT with one switch of ``compare.ablations`` flipped;
+- ``pretrained``: published checkpoints evaluated zero-shot (never trained here).
+
+``training_plan(params)`` is THE list of models a comparison trains: the DVC ``train`` stage's
+``foreach`` (checked by a test), the flow's training fan-out and ``hamt compare`` all use it, so
+each trained model has its own stage instance, checkpoint folder and results folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hamt.errors import ConfigError
+
+# name -> how to get it. ``tokenizer``: "tokens" reads the tokens' ids as they are (GPT-2 BPE
+# required for pretrained models); "own" re-tokenizes the evaluated text with the model's tokenizer.
+REGISTRY: dict[str, dict[str, Any]] = {
+    "hamt": {"kind": "hamt", "what": "HAMT, trained by `hamt train`"},
+    "gpt2-scratch": {"kind": "scratch", "arch": "gpt2", "scale": 1.0,
+                     "what": "GPT-2 architecture, parameter-matched, same tokens and budget"},
+    "gpt2-scratch-2x": {"kind": "scratch", "arch": "gpt2", "scale": 2.0,
+                        "what": "GPT-2 architecture, 2x HAMT's parameters, same tokens and budget"},
+    "gpt2": {"kind": "pretrained", "hub": "gpt2", "tokenizer": "tokens", "what": "OpenAI GPT-2 124M, zero-shot"},
+    "distilgpt2": {"kind": "pretrained", "hub": "distilgpt2", "tokenizer": "tokens", "what": "DistilGPT-2 82M, zero-shot"},
+    "EleutherAI/pythia-70m": {"kind": "pretrained", "hub": "EleutherAI/pythia-70m", "tokenizer": "own",
+                              "what": "Pythia-70M (Pile), zero-shot, own tokenizer"},
+    "EleutherAI/pythia-160m": {"kind": "pretrained", "hub": "EleutherAI/pythia-160m", "tokenizer": "own",
+                               "what": "Pythia-160M (Pile), zero-shot, own tokenizer"},
+}
+ABLATION_PREFIX = "ablation-"
+TRAINED_KINDS = ("hamt", "scratch", "ablation")
+
+
+def kind_of(name: str) -> str:
+    """``hamt``, ``scratch``, ``ablation`` or ``pretrained``; an unknown name is a ConfigError."""
+    if name.startswith(ABLATION_PREFIX):
+        ablation_overrides(name[len(ABLATION_PREFIX):])  # validates the switch
+        return "ablation"
+    if name in REGISTRY:
+        return REGISTRY[name]["kind"]
+    raise ConfigError(f"unknown model '{name}'; known: {', '.join(REGISTRY)} or {ABLATION_PREFIX}<switch>")
+
+
+def describe(name: str) -> str:
+    if name.startswith(ABLATION_PREFIX):
+        return f"HAMT with {name[len(ABLATION_PREFIX):]}, same budget"
+    return REGISTRY.get(name, {}).get("what", "")
+
+
+def ablation_overrides(switch: str) -> dict:
+    """HAMTConfig overrides of one ablation name (see ``hamt.params.ABLATION_PATTERN``)."""
+    fixed = {"gating-on": {"use_gating": True}, "gating-off": {"use_gating": False},
+             "aux-on": {"use_auxiliary_loss": True}, "aux-off": {"use_auxiliary_loss": False},
+             "conv-off": {"conv_kernel": 0}}
+    if switch in fixed:
+        return fixed[switch]
+    head, _, num = switch.rpartition("-")
+    if head == "slots" and num.isdigit():
+        return {"num_slots": int(num)}
+    if head == "conv" and num.isdigit():
+        return {"conv_kernel": int(num)}
+    raise ConfigError(f"compare.ablations: unknown ablation {switch!r}; use gating-on|off, aux-on|off, conv-off|conv-K, slots-N")
+
+
+def training_plan(params) -> list[str]:
+    """The models a comparison trains, in order: ``hamt``, the from-scratch baselines, the ablations."""
+    names = ["hamt"] + [b for b in params.compare.baselines if kind_of(b) == "scratch"]
+    names += [ABLATION_PREFIX + a for a in params.compare.ablations]
+    return list(dict.fromkeys(names))
+
+
+def evaluation_plan(params, baselines: list[str] | None = None) -> list[str]:
+    """The models a comparison evaluates: HAMT, the baselines (compare.baselines unless given), the ablations."""
+    names = ["hamt"] + list(params.compare.baselines if baselines is None else baselines)
+    names += [ABLATION_PREFIX + a for a in params.compare.ablations]
+    for n in names:
+        kind_of(n)  # unknown names fail before any work
+    return list(dict.fromkeys(names))
+
+
+def model_config_for(params, name: str, vocab_size: int):
+    """The config model ``name`` is trained from, for tokens of ``vocab_size`` ids."""
+    from hamt.data import check_vocab
+
+    kind = kind_of(name)
+    if kind == "hamt":
+        cfg = params.model_config(vocab_size=vocab_size)
+    elif kind == "ablation":
+        cfg = params.model_config(vocab_size=vocab_size, **ablation_overrides(name[len(ABLATION_PREFIX):]))
+    elif kind == "scratch":
+        from hamt.baselines import matched_gpt2_config
+        from hamt.config import count_parameters
+
+        hamt_cfg = params.model_config(vocab_size=vocab_size)
+        n_pos = max(params.train.seq_len, hamt_cfg.max_position_embeddings)
+        scale = REGISTRY[name]["scale"]
+        target = None if scale == 1.0 else int(scale * count_parameters(hamt_cfg))
+        cfg = matched_gpt2_config(hamt_cfg, n_positions=n_pos, target=target)
+    else:
+        raise ConfigError(f"'{name}' is a pretrained model: it is evaluated, never trained here")
+    check_vocab({"vocab_size": vocab_size}, cfg.vocab_size)
+    return cfg
+
+
+def build_model(config):
+    """HAMTForCausalLM for a HAMTConfig, GPT2LMHeadModel for a GPT2Config (any other: AutoModelForCausalLM)."""
+    import hamt.model  # noqa: F401  registers model_type "hamt" with the Auto classes
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config)
