@@ -16,7 +16,7 @@ import torch
 
 from hamt import bench
 from hamt.config import HAMTConfig
-from hamt.kernels import triton_memory as tm
+from hamt.ops import triton as tm
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--preset", default="100m")

@@ -1,7 +1,7 @@
 """The fused Triton memory kernel against the reference loop: outputs, final state, every gradient.
 
 Without a GPU the kernel runs under Triton's interpreter. ``TRITON_INTERPRET`` is read when a kernel
-is decorated (at import of ``hamt.kernels.triton_memory``), so the interpreter checks run in one
+is decorated (at import of ``hamt.ops.triton``), so the interpreter checks run in one
 subprocess (this file executed as a script) that sets it before importing Triton; the rest of the
 pytest process never sees it. The subprocess prints one JSON line of relative errors per case and
 the tests below read them. GPU tests (``-m gpu``) compare on realistic shapes on CUDA.
@@ -46,7 +46,7 @@ def make_inputs(B, T, H, S, F, init, with_c, dtype, device="cpu", seed=0):
     """Random memory-scan inputs with the model's constraints (unitary q, k; log f <= 0)."""
     import torch
 
-    from hamt.memory import slot_permutations, unitary
+    from hamt.ops import slot_permutations, unitary
 
     cdt = getattr(torch, dtype)
     rdt = torch.float32 if cdt == torch.complex64 else torch.float64
@@ -93,8 +93,8 @@ def compare(case, device="cpu", fast=None, slow=None) -> dict:
     """Relative max errors of the kernel against the reference, per output and gradient."""
     from functools import partial
 
-    from hamt.kernels.triton_memory import memory_triton
-    from hamt.memory import memory_reference
+    from hamt.ops.triton import memory_triton
+    from hamt.ops import memory_reference
 
     B, T, H, S, F, init, with_c, dtype, chunk, block_f, loss = case
     inputs = make_inputs(B, T, H, S, F, init, with_c, dtype, device)
@@ -117,7 +117,7 @@ def _script_main() -> None:
     results = {name: compare(case) for name, case in CASES.items()}
 
     # no-grad forward (no saved states) gives the same outputs; memory_scan dispatches mode="triton"
-    from hamt.memory import memory_reference, memory_scan
+    from hamt.ops import memory_reference, memory_scan
 
     inputs = make_inputs(1, 6, 1, 2, 9, True, True, "complex64")
     with torch.no_grad():
@@ -169,9 +169,9 @@ def test_kernels_package_imports_without_triton():
     # Hide triton: the package must import, the kernel module must raise ImportError, auto picks chunk.
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "import hamt.kernels, torch\n"
-        "from hamt.memory import triton_available\n"
-        "try:\n    import hamt.kernels.triton_memory\nexcept ImportError:\n    print('IMPORT_ERROR')\n"
+        "import hamt.ops, torch\n"
+        "from hamt.ops import triton_available\n"
+        "try:\n    import hamt.ops.triton\nexcept ImportError:\n    print('IMPORT_ERROR')\n"
         "print('AVAILABLE', triton_available(torch.device('cuda')))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -183,7 +183,7 @@ def test_kernels_package_imports_without_triton():
 def test_rejects_real_inputs():
     pytest.importorskip("triton")
     torch = pytest.importorskip("torch")
-    from hamt.kernels.triton_memory import memory_triton
+    from hamt.ops.triton import memory_triton
 
     x = torch.zeros(1, 2, 1, 3)
     with pytest.raises(TypeError, match="complex"):
@@ -200,7 +200,7 @@ def test_kernels_compile_for_hopper_without_a_gpu(kernel):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from hamt.kernels import triton_memory as tm
+    from hamt.ops import triton as tm
 
     fn = tm._memory_fwd_kernel if kernel == "fwd" else tm._memory_bwd_kernel
     consts = dict(HAS_C=True, CHUNK=64, BLOCK_S=8, BLOCK_F=32) | ({"SAVE_CK": True} if kernel == "fwd" else {})
@@ -236,9 +236,9 @@ def _cuda():
 @pytest.mark.parametrize("shape", [(4, 1024, 8, 8, 65), (2, 2048, 16, 16, 65), (2, 777, 16, 16, 97)])
 def test_gpu_kernel_matches_chunked(shape):
     _cuda()
-    from hamt.memory import memory_chunked
+    from hamt.ops import memory_chunked
 
-    from hamt.kernels.triton_memory import DEFAULT_CHUNK
+    from hamt.ops.triton import DEFAULT_CHUNK
 
     B, T, H, S, F = shape  # the kernel's default launch shape (DEFAULT_CHUNK, DEFAULT_BLOCK_F)
     errors = compare((B, T, H, S, F, True, True, "complex64", DEFAULT_CHUNK, None, "r,u,state"), device="cuda",

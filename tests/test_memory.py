@@ -4,8 +4,8 @@ holographic property itself (exact unbinding, crosstalk that grows with pairs an
 import pytest
 import torch
 
-import hamt.memory
-from hamt.memory import (cpu_kernel_status, memory_chunked, memory_fused_cpu, memory_reference, memory_scan, memory_step,
+import hamt.ops
+from hamt.ops import (cpu_kernel_status, memory_chunked, memory_fused_cpu, memory_reference, memory_scan, memory_step,
                          slot_permutations, unitary)
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=2e-5)}
@@ -41,7 +41,7 @@ def blocks(request, monkeypatch):
     """'one': the default block size (these small inputs fit one block); 'many': blocks of two
     chunks, so that both the chunk-level matmul inside a block and the carry across blocks run."""
     if request.param == "many":
-        monkeypatch.setattr(hamt.memory, "_block_len", lambda N, S, F, chunk, T: 2 * chunk)
+        monkeypatch.setattr(hamt.ops, "_block_len", lambda N, S, F, chunk, T: 2 * chunk)
     return request.param
 
 
@@ -156,12 +156,12 @@ def test_fused_cpu_threads_and_auto_mode():
     for x, y in zip(one, three):
         torch.testing.assert_close(x, y, **TOL[torch.float64])
     calls = []
-    orig = hamt.memory.memory_fused_cpu
+    orig = hamt.ops.memory_fused_cpu
     try:
-        hamt.memory.memory_fused_cpu = lambda *x, **kw: calls.append(1) or orig(*x, **kw)
+        hamt.ops.memory_fused_cpu = lambda *x, **kw: calls.append(1) or orig(*x, **kw)
         memory_scan(q, k, v, log_f, w, b, perm, state, a, mode="auto", chunk_size=8)
     finally:
-        hamt.memory.memory_fused_cpu = orig
+        hamt.ops.memory_fused_cpu = orig
     assert calls == [1]
 
 

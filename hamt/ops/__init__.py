@@ -25,7 +25,7 @@ from one real matmul with the lower-triangular decay matrix, and the chunk-bound
 second, small one. Chunks are processed a cache-sized block at a time and only the block-start
 states are kept: the hand-written backward recomputes each block from its start state, so per-token
 states never exist for more than one block at a time.
-``mode="triton"`` is the fused CUDA kernel (hamt.kernels), state on chip; chosen by ``auto`` on CUDA.
+``mode="triton"`` is the fused CUDA kernel (hamt.ops.triton), state on chip; chosen by ``auto`` on CUDA.
 ``mode="cpu"`` is a fused C kernel for the CPU (compiled on first use, state in cache, sequential in
 time within a row, rows over threads); chosen by ``auto`` on CPU when it builds, else ``chunk``.
 """
@@ -813,7 +813,7 @@ def triton_available(device: torch.device) -> bool:
     if device.type != "cuda":
         return False
     try:
-        from hamt.kernels import triton_memory  # noqa: F401
+        from hamt.ops import triton  # noqa: F401
     except Exception:
         return False
     return True
@@ -833,7 +833,7 @@ def memory_scan(q, k, v, log_f, w, b, perm, state=None, c=None, mode: str = "aut
     if mode == "cpu":
         return memory_fused_cpu(q, k, v, log_f, w, b, perm, state, c, chunk_size)
     if mode == "triton":
-        from hamt.kernels.triton_memory import memory_triton
+        from hamt.ops.triton import memory_triton
 
         return memory_triton(q, k, v, log_f, w, b, perm, state, c)
     raise ValueError(f"unknown memory mode {mode!r}; use auto, chunk, cpu, reference or triton")

@@ -1,7 +1,7 @@
 """Fused Triton kernel of the holographic memory scan: forward and backward, state on chip.
 
-Same signature and semantics as ``hamt.memory.memory_reference`` (the specification; see
-``hamt/memory.py`` for the math and shapes)::
+Same signature and semantics as ``hamt.ops.memory_reference`` (the specification; see
+``hamt/ops/__init__.py`` for the math and shapes)::
 
     r, u, final_state = memory_triton(q, k, v, log_f, w, b, perm, state=None, c=None)
 
