@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import hamt.ops
+import hamt.ops.chunk
 from hamt.ops import (cpu_kernel_status, memory_chunked, memory_fused_cpu, memory_reference, memory_scan, memory_step,
                          slot_permutations, unitary)
 
@@ -41,7 +42,7 @@ def blocks(request, monkeypatch):
     """'one': the default block size (these small inputs fit one block); 'many': blocks of two
     chunks, so that both the chunk-level matmul inside a block and the carry across blocks run."""
     if request.param == "many":
-        monkeypatch.setattr(hamt.ops, "_block_len", lambda N, S, F, chunk, T: 2 * chunk)
+        monkeypatch.setattr(hamt.ops.chunk, "_block_len", lambda N, S, F, chunk, T: 2 * chunk)
     return request.param
 
 
