@@ -238,7 +238,7 @@ def test_gpu_kernel_matches_chunked(shape):
     _cuda()
     from hamt.ops import memory_chunked
 
-    from hamt.ops.triton import DEFAULT_CHUNK
+    from hamt.ops import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK
 
     B, T, H, S, F = shape  # the kernel's default launch shape (DEFAULT_CHUNK, DEFAULT_BLOCK_F)
     errors = compare((B, T, H, S, F, True, True, "complex64", DEFAULT_CHUNK, None, "r,u,state"), device="cuda",

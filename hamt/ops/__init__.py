@@ -35,6 +35,16 @@ states never exist for more than one block at a time.
 ``mode="triton"`` is the fused CUDA kernel (hamt.ops.triton), state on chip; chosen by ``auto`` on CUDA.
 ``mode="cpu"`` is a fused C kernel for the CPU (compiled on first use, state in cache, sequential in
 time within a row, rows over threads); chosen by ``auto`` on CPU when it builds, else ``chunk``.
+
+``chunk_size`` (one parameter, default DEFAULT_CHUNK_SIZE, passed to every path; the model passes
+``HAMTConfig.chunk_size``) is the number of time steps per chunk: the unit in which a path walks time and
+keeps states. It changes speed and memory only, never the result (beyond rounding):
+    chunk   the side C of each chunk's (C, C) decay matmul; the per-token states of a block of chunks
+            are computed in parallel and only block-start states are saved for the backward
+    cpu     the state is saved every chunk_size steps; the backward recomputes one chunk at a time
+    triton  the same as cpu, per program on chip (each value compiles a kernel variant)
+    reference  ignored (a loop over single steps), but checked like the others
+Any int >= 1 is valid for every path; anything else raises ValueError.
 """
 
 from __future__ import annotations
@@ -45,11 +55,13 @@ import torch
 
 from hamt.ops.chunk import memory_chunked
 from hamt.ops.fused_cpu import cpu_kernel_available, cpu_kernel_status, memory_fused_cpu
-from hamt.ops.naive import empty_state, memory_reference, memory_step, slot_permutations, unitary
+from hamt.ops.naive import (DEFAULT_CHUNK_SIZE, check_chunk_size, empty_state, memory_reference, memory_step,
+                            slot_permutations, unitary)
 
 __all__ = [
-    "cpu_kernel_available", "cpu_kernel_status", "empty_state", "memory_chunked", "memory_fused_cpu",
-    "memory_reference", "memory_scan", "memory_step", "slot_permutations", "triton_available", "unitary",
+    "DEFAULT_CHUNK_SIZE", "check_chunk_size", "cpu_kernel_available", "cpu_kernel_status", "empty_state",
+    "memory_chunked", "memory_fused_cpu", "memory_reference", "memory_scan", "memory_step", "slot_permutations",
+    "triton_available", "unitary",
 ]
 
 
@@ -64,8 +76,12 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
-def memory_scan(q, k, v, log_f, w, b, perm, state=None, c=None, mode: str = "auto", chunk_size: int = 64):
-    """Run the memory over a segment; see the module docstring for shapes. Returns (r, u, final_state)."""
+def memory_scan(q, k, v, log_f, w, b, perm, state=None, c=None, mode: str = "auto",
+                chunk_size: int = DEFAULT_CHUNK_SIZE):
+    """Run the memory over a segment; see the module docstring for shapes and ``chunk_size``.
+
+    Returns (r, u, final_state). ``chunk_size`` reaches every path unchanged."""
+    chunk_size = check_chunk_size(chunk_size)  # a bad value fails the same way whichever path runs
     if mode == "auto":
         if triton_available(q.device):
             mode = "triton"
@@ -74,11 +90,11 @@ def memory_scan(q, k, v, log_f, w, b, perm, state=None, c=None, mode: str = "aut
     if mode == "reference":
         return memory_reference(q, k, v, log_f, w, b, perm, state, c)
     if mode == "chunk":
-        return memory_chunked(q, k, v, log_f, w, b, perm, state, c, chunk_size)
+        return memory_chunked(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size)
     if mode == "cpu":
-        return memory_fused_cpu(q, k, v, log_f, w, b, perm, state, c, chunk_size)
+        return memory_fused_cpu(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size)
     if mode == "triton":
         from hamt.ops.triton import memory_triton  # here, not at the top: importing hamt.ops imports no Triton
 
-        return memory_triton(q, k, v, log_f, w, b, perm, state, c)
+        return memory_triton(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size)
     raise ValueError(f"unknown memory mode {mode!r}; use auto, chunk, cpu, reference or triton")

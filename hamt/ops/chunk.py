@@ -3,7 +3,8 @@
 Same contract as ``memory_reference`` (hamt/ops/naive.py). The CPU fallback when the fused C kernel
 cannot be built, and the path for any device without a fused kernel.
 
-Time is cut into blocks of ``n`` chunks of ``C`` steps. Inside a block everything is batched:
+Time is cut into blocks of ``n`` chunks of ``C`` = min(chunk_size, T) steps. Inside a block everything is
+batched:
   * intra-chunk states  A[c, t] = sum_{j <= t in chunk c} exp(cum_t - cum_j) X_j   (one bmm per block)
   * chunk-start states  M0[c]   = sum_{c' < c} exp(Gprev_c - Gcum_c') A[c', -1] + exp(Gprev_c) M_block
                                   (a small n x n bmm: the scan over chunks is itself a matmul)
@@ -23,7 +24,7 @@ import math
 
 import torch
 
-from hamt.ops.naive import empty_state
+from hamt.ops.naive import DEFAULT_CHUNK_SIZE, check_chunk_size, empty_state
 
 Tensor = torch.Tensor
 
@@ -312,8 +313,11 @@ class _ChunkedScan(torch.autograd.Function):
         return gq, gk, gv, glf, gw, gb, gc, gstate_in, None, None
 
 
-def memory_chunked(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = 16):
-    """The chunked parallel scan (same contract as memory_reference); differentiable, see _ChunkedScan."""
+def memory_chunked(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    """The chunked parallel scan (same contract as memory_reference); differentiable, see _ChunkedScan.
+
+    ``chunk_size``: time steps per chunk, the side of each chunk's (C, C) decay matmul."""
+    chunk_size = check_chunk_size(chunk_size)
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, log_f, w, b, c, state)
     ):

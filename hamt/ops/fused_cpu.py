@@ -28,6 +28,8 @@ from importlib import resources
 
 import torch
 
+from hamt.ops.naive import DEFAULT_CHUNK_SIZE, check_chunk_size
+
 Tensor = torch.Tensor
 
 _CPU_KERNEL_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math",
@@ -177,15 +179,18 @@ class _FusedCPUScan(torch.autograd.Function):
         return (*grads, gs0 if ctx.has_state else None, None, None)
 
 
-def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = 64):
-    """The fused CPU kernel (same contract as memory_reference); needs cpu_kernel_available(q)."""
+def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    """The fused CPU kernel (same contract as memory_reference); needs cpu_kernel_available(q).
+
+    ``chunk_size``: time steps between the states saved for the backward, which recomputes a chunk's
+    states from its saved start (a (chunk_size + 1, S, F) buffer per thread)."""
+    chunk = check_chunk_size(chunk_size)
     ok, why = cpu_kernel_status()
     if not ok:
         raise RuntimeError(f"the fused CPU memory kernel is unavailable ({why}); use mode='chunk'")
     if not cpu_kernel_available(q):
         raise ValueError(f"the fused CPU memory kernel needs complex64/complex128 CPU tensors, got {q.dtype} on "
                          f"{q.device}; use mode='chunk'")
-    chunk = max(1, int(chunk_size))
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, log_f, w, b, c, state)
     ):

@@ -2,13 +2,36 @@
 
 Every fast path (``chunk``, ``fused_cpu``, ``triton``) is tested against ``memory_reference``; it runs
 in float64 and is obviously correct, and slow. The math and shapes are in ``hamt/ops/__init__.py``.
+This file also holds the one chunk-size default that every fast path's signature uses.
 """
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 Tensor = torch.Tensor
+
+# Time steps per chunk, the default of every fast path (what a chunk is for each: hamt/ops/__init__.py).
+# 16, measured fwd+bwd on one CPU thread: the chunked path's best at the tiny training shape (B16 T128
+# H4 S4 F33: 75 ms vs 126 ms at 64) and at the 33m head shape (T1024: 172 vs 202 ms), the Triton
+# kernel's best at the 100m shape on an H200 (2-4% ahead of 64, BENCHMARKS.md); the fused CPU kernel is
+# within 3% from 16 to 128, so one value serves all paths.
+DEFAULT_CHUNK_SIZE = 16
+
+
+def check_chunk_size(chunk_size) -> int:
+    """``chunk_size`` as an int >= 1, or a ValueError naming the bad value (every path accepts any such int)."""
+    try:
+        if isinstance(chunk_size, bool):
+            raise TypeError
+        n = operator.index(chunk_size)
+    except TypeError:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}") from None
+    if n < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {n}")
+    return n
 
 
 def slot_permutations(num_slots: int, num_freqs: int, seed: int = 0) -> Tensor:
