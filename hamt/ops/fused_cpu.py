@@ -4,15 +4,16 @@ cache and its ctypes loader, and the autograd Function around its forward and ba
 Same contract as ``memory_reference`` (hamt/ops/naive.py); chosen by ``memory_scan(mode="auto")`` on
 CPU when it builds.
 
-The chunked path above is bound by memory traffic: every per-slot (S x F per token) tensor is
+The chunked path (chunk.py) is bound by memory traffic: every per-slot (S x F per token) tensor is
 written and read again by separate PyTorch ops, ~30 times per token over forward and backward.
 This kernel is the CPU counterpart of the Triton kernel: sequential in time within a (batch, head)
 row, with the S x F state in a small local buffer that stays in cache, rows split over
 torch.get_num_threads() threads (ctypes releases the GIL). Forward stores the state every
 ``chunk_size`` steps; backward recomputes a chunk's states from its checkpoint and walks it
 backwards, so memory is O(T / chunk_size) states, as in the chunked path. It is plain C compiled
-on first use with the system C compiler (cached by source hash); without a compiler,
-``memory_scan(mode="auto")`` falls back to the chunked path (see cpu_kernel_status()).
+on first use with the system C compiler, cached by the .c file's content, the compiler, its flags and
+the CPU (_library_path); without a compiler, ``memory_scan(mode="auto")`` falls back to the chunked
+path (see cpu_kernel_status()).
 """
 
 from __future__ import annotations
