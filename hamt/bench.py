@@ -469,7 +469,7 @@ def memory_inputs(B: int, T: int, H: int, S: int, F: int, device, seed: int = 0)
     """Inputs shaped and distributed like the model's: unitary q, k; softmax slot weights; (1-f) a."""
     import torch
 
-    from hamt.memory import slot_permutations, unitary
+    from hamt.ops import slot_permutations, unitary
 
     g = torch.Generator().manual_seed(seed)
 
@@ -504,7 +504,7 @@ def memory_step_fns(inputs: dict, mode: str, device, scan: Callable | None = Non
 
     import torch
 
-    from hamt.memory import memory_scan
+    from hamt.ops import memory_scan
 
     scan = scan or functools.partial(memory_scan, mode=mode)
     leaves = {k: (v.clone().requires_grad_(k != "perm")) for k, v in inputs.items()}
@@ -529,7 +529,7 @@ def memory_step_fns(inputs: dict, mode: str, device, scan: Callable | None = Non
 
 
 def bench_memory(config, opts: dict, device) -> list[dict]:
-    from hamt.memory import triton_available
+    from hamt.ops import triton_available
 
     B, T = opts["memory_batch"], opts["memory_seq_len"]
     H, S, F = config.num_attention_heads, config.num_slots, config.num_freqs

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hamt.config import HAMTConfig
-from hamt.memory import memory_scan, memory_step, slot_permutations, unitary
+from hamt.ops import memory_scan, memory_step, slot_permutations, unitary
 
 
 @dataclass

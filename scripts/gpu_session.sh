@@ -30,7 +30,7 @@ B="--preset 100m --device cuda --precision bf16 --results-dir"
 
 echo "== env"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__, torch.cuda.get_device_name())'
-step gpu-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_kernels.py tests/test_evaluate.py tests/test_data.py
+step gpu-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops/test_triton.py tests/test_evaluate.py tests/test_data.py
 step model-eager 120 hamt bench model $B "$WORK/eager" --seq-lens 512 1024 2048 4096 8192 --repeats 5
 step memory 60 hamt bench memory $B "$WORK/memory" --memory-seq-len 1024 --memory-batch 16 --repeats 5
 step decode 60 hamt bench decode $B "$WORK/decode" --decode-steps 32

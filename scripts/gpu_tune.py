@@ -16,7 +16,7 @@ import torch
 
 from hamt import bench
 from hamt.config import HAMTConfig
-from hamt.kernels import triton_memory as tm
+from hamt.ops import triton as tm
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--preset", default="100m")
@@ -55,7 +55,7 @@ for bf in a.block_f:
         res[(bf, ch)] = ms
         print(f"| {bf} | {ch} | {ms:.2f} | {ms / 1e3 / floor:.1f} |", flush=True)
 best = min(res, key=res.get)
-default = (None, tm.DEFAULT_CHUNK)
+default = (None, tm.DEFAULT_CHUNK_SIZE)
 print(f"fastest: block_f={best[0]} chunk={best[1]} ({res[best]:.2f} ms)")
 
 orig = tm.memory_triton

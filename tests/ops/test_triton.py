@@ -1,7 +1,7 @@
 """The fused Triton memory kernel against the reference loop: outputs, final state, every gradient.
 
 Without a GPU the kernel runs under Triton's interpreter. ``TRITON_INTERPRET`` is read when a kernel
-is decorated (at import of ``hamt.kernels.triton_memory``), so the interpreter checks run in one
+is decorated (at import of ``hamt.ops.triton``), so the interpreter checks run in one
 subprocess (this file executed as a script) that sets it before importing Triton; the rest of the
 pytest process never sees it. The subprocess prints one JSON line of relative errors per case and
 the tests below read them. GPU tests (``-m gpu``) compare on realistic shapes on CUDA.
@@ -17,13 +17,17 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+if __name__ == "__main__":  # run as the interpreter subprocess: make hamt and scan_helpers importable
+    sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
+
+from scan_helpers import ROOT, errors_vs_reference, make_inputs, rel_err  # noqa: E402
 
 # name: (B, T, H, S, F, initial state, c given, dtype, chunk_size, block_f, which outputs enter the loss)
 CASES = {
     # T=13 is no multiple of the chunk (4): boundary states, partial last chunk; all outputs in the loss
     "b2h2_s3_chunked_full": (2, 13, 2, 3, 9, True, True, "complex64", 4, None, "r,u,state"),
-    # one slot, no c, no initial state, only r in the loss (no final-state gradient), default chunk > T
+    # one slot, no c, no initial state, only r in the loss (no final-state gradient), chunk > T
     "s1_plain": (1, 21, 1, 1, 9, False, False, "complex64", 64, None, "r"),
     # three blocks of frequencies (F=9, block 4, last block partial): atomics and partial sums across blocks
     "freq_blocks": (1, 10, 2, 3, 9, True, False, "complex64", 3, 4, "r,state"),
@@ -33,8 +37,7 @@ CASES = {
     "float64": (1, 11, 2, 3, 9, True, True, "complex128", 4, 8, "r,u,state"),
 }
 TOL = {"complex64": 2e-5, "complex128": 1e-12}
-OUTPUTS = ("r", "u", "state_out")
-GRADS = ("q", "k", "v", "log_f", "w", "b", "c", "state")
+OUTPUTS = ("r", "u", "state")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -42,71 +45,25 @@ GRADS = ("q", "k", "v", "log_f", "w", "b", "c", "state")
 # --------------------------------------------------------------------------------------------------
 
 
-def make_inputs(B, T, H, S, F, init, with_c, dtype, device="cpu", seed=0):
-    """Random memory-scan inputs with the model's constraints (unitary q, k; log f <= 0)."""
+def case_inputs(case, device="cpu") -> dict:
+    """The inputs of a CASES entry: uniform gates (a harsher test than the model's softmax ones)."""
     import torch
 
-    from hamt.memory import slot_permutations, unitary
-
-    cdt = getattr(torch, dtype)
-    rdt = torch.float32 if cdt == torch.complex64 else torch.float64
-    g = torch.Generator().manual_seed(seed)
-
-    def cplx(*shape):
-        return torch.view_as_complex(torch.randn(*shape, 2, generator=g, dtype=rdt))
-
-    q, k = unitary(cplx(B, T, H, F)), unitary(cplx(B, T, H, F))
-    v = cplx(B, T, H, F)
-    log_f = -2.0 * torch.rand(B, T, H, generator=g, dtype=rdt)  # forget factors down to e^-2
-    w, b = torch.rand(B, T, H, S, generator=g, dtype=rdt), torch.rand(B, T, H, S, generator=g, dtype=rdt)
-    c = torch.rand(B, T, H, S, generator=g, dtype=rdt) if with_c else None
-    state = cplx(B, H, S, F) if init else None
-    perm = slot_permutations(S, F, seed=1)
-    to = (lambda x: None if x is None else x.to(device))
-    return dict(q=to(q), k=to(k), v=to(v), log_f=to(log_f), w=to(w), b=to(b), perm=to(perm), state=to(state), c=to(c))
+    B, T, H, S, F, init, with_c, dtype, *_ = case
+    real = torch.float32 if dtype == "complex64" else torch.float64
+    return make_inputs(B, T, H, S, F, real, with_state=init, with_c=with_c, raw_gates=True, device=device)
 
 
-def run_with_grads(fn, inputs, loss_terms, seed=1):
-    """Outputs of ``fn`` and the gradients of a random linear loss of the chosen outputs."""
-    import torch
-
-    leaves = {k: (x.detach().clone().requires_grad_(k != "perm") if x is not None else None) for k, x in inputs.items()}
-    r, u, state_out = fn(**leaves)
-    outs = {"r": r, "u": u, "state_out": state_out}
-    g = torch.Generator().manual_seed(seed)
-    loss = 0.0
-    for name, key in (("r", "r"), ("u", "u"), ("state", "state_out")):
-        x = outs[key]
-        if name in loss_terms and x is not None:
-            weight = torch.view_as_complex(torch.randn(*x.shape, 2, generator=g, dtype=x.real.dtype)).to(x.device)
-            loss = loss + (x * weight.conj()).real.sum()
-    loss.backward()
-    grads = {k: leaves[k].grad for k in GRADS if leaves.get(k) is not None}
-    return {k: v.detach() for k, v in outs.items() if v is not None}, grads
-
-
-def rel_err(a, b) -> float:
-    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
-
-
-def compare(case, device="cpu", fast=None, slow=None) -> dict:
-    """Relative max errors of the kernel against the reference, per output and gradient."""
+def compare(case, device="cpu", slow=None) -> dict:
+    """Relative max errors of the kernel against the reference (or ``slow``), per output and gradient."""
     from functools import partial
 
-    from hamt.kernels.triton_memory import memory_triton
-    from hamt.memory import memory_reference
+    from hamt.ops import memory_reference
+    from hamt.ops.triton import memory_triton
 
-    B, T, H, S, F, init, with_c, dtype, chunk, block_f, loss = case
-    inputs = make_inputs(B, T, H, S, F, init, with_c, dtype, device)
-    fast = fast or partial(memory_triton, chunk_size=chunk, block_f=block_f)
-    ref_out, ref_grad = run_with_grads(slow or memory_reference, inputs, loss.split(","))
-    out, grad = run_with_grads(fast, inputs, loss.split(","))
-    errors = {}
-    for key in set(ref_out) | set(out):
-        errors[key] = rel_err(ref_out[key], out[key]) if key in ref_out and key in out else "missing"
-    for key in set(ref_grad) | set(grad):
-        errors["d" + key] = rel_err(ref_grad[key], grad[key]) if key in ref_grad and key in grad else "missing"
-    return errors
+    *_, chunk, block_f, loss = case
+    fast = partial(memory_triton, chunk_size=chunk, block_f=block_f)
+    return errors_vs_reference(fast, case_inputs(case, device), loss.split(","), ref=slow or memory_reference)
 
 
 def _script_main() -> None:
@@ -117,13 +74,21 @@ def _script_main() -> None:
     results = {name: compare(case) for name, case in CASES.items()}
 
     # no-grad forward (no saved states) gives the same outputs; memory_scan dispatches mode="triton"
-    from hamt.memory import memory_reference, memory_scan
+    # and hands it its chunk_size
+    import hamt.ops.triton as tm
+    from hamt.ops import memory_reference, memory_scan
 
-    inputs = make_inputs(1, 6, 1, 2, 9, True, True, "complex64")
-    with torch.no_grad():
-        ref = memory_reference(**inputs)
-        got = memory_scan(**inputs, mode="triton")
-    results["dispatch_no_grad"] = {k: rel_err(a, b) for k, a, b in zip(OUTPUTS, ref, got)}
+    inputs = case_inputs((1, 6, 1, 2, 9, True, True, "complex64"))
+    seen, orig = [], tm.memory_triton
+    tm.memory_triton = lambda *a, **kw: seen.append(kw.get("chunk_size")) or orig(*a, **kw)
+    try:
+        with torch.no_grad():
+            ref = memory_reference(**inputs)
+            got = memory_scan(**inputs, mode="triton", chunk_size=5)
+    finally:
+        tm.memory_triton = orig
+    results["dispatch_no_grad"] = {k: rel_err(b, a) for k, a, b in zip(OUTPUTS, ref, got)}
+    results["dispatch_chunk_sizes"] = seen
     print("RESULTS " + json.dumps(results))
 
 
@@ -144,7 +109,7 @@ def interpreter_results():
 
 def _expected_keys(case) -> set[str]:
     *_, init, with_c, _dtype, _chunk, _bf, loss = case
-    outs = {"r", "state_out"} | ({"u"} if with_c else set())
+    outs = {"r", "state"} | ({"u"} if with_c else set())
     grads = {"dq", "dk", "dv", "dlog_f", "dw", "db"} | ({"dc"} if with_c else set()) | ({"dstate"} if init else set())
     return outs | grads
 
@@ -165,25 +130,43 @@ def test_dispatch_and_no_grad_under_interpreter(interpreter_results):
     assert all(v <= TOL["complex64"] for v in errors.values()), errors
 
 
-def test_kernels_package_imports_without_triton():
-    # Hide triton: the package must import, the kernel module must raise ImportError, auto picks chunk.
+def test_dispatch_passes_chunk_size_under_interpreter(interpreter_results):
+    assert interpreter_results["dispatch_chunk_sizes"] == [5]
+
+
+def test_invalid_chunk_size_is_a_value_error():
+    pytest.importorskip("triton")
+    from hamt.ops.triton import memory_triton
+
+    inputs = case_inputs((1, 4, 1, 2, 9, True, False, "complex64"))
+    for bad in (0, -3, 2.5, "16", True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            memory_triton(**inputs, chunk_size=bad)
+
+
+def test_ops_imports_without_triton():
+    # importing hamt.ops imports no Triton; hidden Triton: hamt.ops imports, the kernel module raises
+    # ImportError, and triton_available is False (so mode="auto" does not pick it)
     code = (
-        "import sys; sys.modules['triton'] = None\n"
-        "import hamt.kernels, torch\n"
-        "from hamt.memory import triton_available\n"
-        "try:\n    import hamt.kernels.triton_memory\nexcept ImportError:\n    print('IMPORT_ERROR')\n"
+        "import sys, hamt.ops\n"
+        "print('LOADED', 'triton' in sys.modules)\n"
+        "sys.modules['triton'] = None\n"
+        "import torch\n"
+        "from hamt.ops import triton_available\n"
+        "try:\n    import hamt.ops.triton\nexcept ImportError:\n    print('IMPORT_ERROR')\n"
         "print('AVAILABLE', triton_available(torch.device('cuda')))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOADED False" in out.stdout, out.stdout
     assert "IMPORT_ERROR" in out.stdout and "AVAILABLE False" in out.stdout, out.stdout
 
 
 def test_rejects_real_inputs():
     pytest.importorskip("triton")
     torch = pytest.importorskip("torch")
-    from hamt.kernels.triton_memory import memory_triton
+    from hamt.ops.triton import memory_triton
 
     x = torch.zeros(1, 2, 1, 3)
     with pytest.raises(TypeError, match="complex"):
@@ -196,11 +179,13 @@ def test_kernels_compile_for_hopper_without_a_gpu(kernel):
     # The interpreter runs the kernels as numpy and misses what only the compiler checks (types of
     # loop-carried values, constexpr branches, atomics). Triton compiles to a cubin without a GPU.
     pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("TRITON_INTERPRET is set in this process: the kernels are interpreted functions, not compilable")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from hamt.kernels import triton_memory as tm
+    from hamt.ops import triton as tm
 
     fn = tm._memory_fwd_kernel if kernel == "fwd" else tm._memory_bwd_kernel
     consts = dict(HAS_C=True, CHUNK=64, BLOCK_S=8, BLOCK_F=32) | ({"SAVE_CK": True} if kernel == "fwd" else {})
@@ -236,12 +221,10 @@ def _cuda():
 @pytest.mark.parametrize("shape", [(4, 1024, 8, 8, 65), (2, 2048, 16, 16, 65), (2, 777, 16, 16, 97)])
 def test_gpu_kernel_matches_chunked(shape):
     _cuda()
-    from hamt.memory import memory_chunked
+    from hamt.ops import DEFAULT_CHUNK_SIZE, memory_chunked
 
-    from hamt.kernels.triton_memory import DEFAULT_CHUNK
-
-    B, T, H, S, F = shape  # the kernel's default launch shape (DEFAULT_CHUNK, DEFAULT_BLOCK_F)
-    errors = compare((B, T, H, S, F, True, True, "complex64", DEFAULT_CHUNK, None, "r,u,state"), device="cuda",
+    B, T, H, S, F = shape  # the kernel's default launch shape (DEFAULT_CHUNK_SIZE, DEFAULT_BLOCK_F)
+    errors = compare((B, T, H, S, F, True, True, "complex64", DEFAULT_CHUNK_SIZE, None, "r,u,state"), device="cuda",
                      slow=memory_chunked)
     bad = {k: v for k, v in errors.items() if not v <= 1e-4}
     assert not bad, bad
@@ -256,5 +239,4 @@ def test_gpu_kernel_matches_reference_float64():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     _script_main()

@@ -1,7 +1,7 @@
 """Fused Triton kernel of the holographic memory scan: forward and backward, state on chip.
 
-Same signature and semantics as ``hamt.memory.memory_reference`` (the specification; see
-``hamt/memory.py`` for the math and shapes)::
+Same signature and semantics as ``hamt.ops.memory_reference`` (the specification; see
+``hamt/ops/__init__.py`` for the math and shapes)::
 
     r, u, final_state = memory_triton(q, k, v, log_f, w, b, perm, state=None, c=None)
 
@@ -46,12 +46,14 @@ import torch
 import triton
 import triton.language as tl
 
+from hamt.ops.naive import DEFAULT_CHUNK_SIZE, check_chunk_size
+
 Tensor = torch.Tensor
 
-# Time steps between saved states in the forward pass (the backward recomputes within). Tuned with
-# scripts/gpu_tune.py on an H200 at the 100m shape (B 16, T 1024, H 16, S 16, F 65, fwd+bwd): chunk 16 vs
-# 64 is 2-4% faster at every block_f (a smaller scratch stays in cache); see BENCHMARKS.md.
-DEFAULT_CHUNK = 16
+# The chunk (time steps between saved states in the forward pass; the backward recomputes within) defaults
+# to DEFAULT_CHUNK_SIZE, shared by every path. Tuned with scripts/gpu_tune.py on an H200 at the 100m shape
+# (B 16, T 1024, H 16, S 16, F 65, fwd+bwd): chunk 16 vs 64 is 2-4% faster at every block_f (a smaller
+# scratch stays in cache); see BENCHMARKS.md.
 DEFAULT_BLOCK_F = 8  # frequencies per program; same sweep: 8 -> 14.3 ms, 16 -> 16.5, 32 -> 19.2, 64 -> 21.6
 
 
@@ -338,13 +340,16 @@ class _MemoryScanFn(torch.autograd.Function):
         )
 
 
-def memory_triton(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = DEFAULT_CHUNK,
+def memory_triton(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = DEFAULT_CHUNK_SIZE,
                   block_f: int | None = None):
     """Fused memory scan; same arguments and return value ``(r, u, final_state)`` as ``memory_reference``.
 
-    ``chunk_size``: time steps between the states saved for the backward pass; ``block_f``: frequencies
+    ``chunk_size``: time steps between the states saved for the backward pass (any int >= 1: the kernel
+    loops over the steps of a chunk, no tile has its size; each value compiles a kernel variant, a
+    constexpr; the backward's scratch holds chunk_size + 1 tiles per program); ``block_f``: frequencies
     per program (a power of two; default min(next_pow2(F), DEFAULT_BLOCK_F)).
     """
+    chunk_size = check_chunk_size(chunk_size)
     B, T, H, F = q.shape
     S = perm.shape[0]
     if not q.is_complex() or q.dtype not in (torch.complex64, torch.complex128):
@@ -355,7 +360,7 @@ def memory_triton(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: in
         state = torch.zeros(B, H, S, F, dtype=q.dtype, device=q.device)
     tensors = (q, k, v, log_f, w, b, state) + ((c,) if c is not None else ())
     save_ck = torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
-    out = _MemoryScanFn.apply(q, k, v, log_f, w, b, c, perm, state, save_ck, int(chunk_size), block_f)
+    out = _MemoryScanFn.apply(q, k, v, log_f, w, b, c, perm, state, save_ck, chunk_size, block_f)
     if c is None:
         r, final = out
         return r, None, final

@@ -1,0 +1,152 @@
+"""The fused CPU kernel (hamt/ops/fused_cpu.py + csrc/memory_scan.c) against the reference loop, its
+build cache, and the chunked fallback where it cannot be built."""
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from scan_helpers import TOL, assert_grads_match_reference, make_inputs
+
+import hamt.ops
+import hamt.ops.fused_cpu as fused_cpu
+from hamt.ops import cpu_kernel_status, memory_fused_cpu, memory_reference, memory_scan
+
+
+def _fused(*args, chunk_size, **kw):
+    ok, why = cpu_kernel_status()
+    if not ok:
+        pytest.skip(f"fused CPU kernel unavailable: {why}")
+    return memory_fused_cpu(*args, chunk_size=chunk_size, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,chunk", [(1, 4), (7, 8), (37, 4), (50, 16)])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_fused_cpu_matches_reference_forward(dtype, T, chunk, with_state):
+    x = make_inputs(2, T, 3, 4, 9, dtype, with_state=with_state)
+    r1, u1, s1 = memory_reference(**x)
+    r2, u2, s2 = _fused(**x, chunk_size=chunk)
+    for a, b in ((r2, r1), (u2, u1), (s2, s1)):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    r3, u3, s3 = _fused(**{**x, "c": None}, chunk_size=chunk)
+    assert u3 is None
+    torch.testing.assert_close(r3, r1, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,chunk,S,with_c", [(13, 4, 3, True), (24, 8, 1, False), (41, 16, 2, True)])
+def test_fused_cpu_matches_reference_gradients(dtype, T, chunk, S, with_c):
+    assert_grads_match_reference(functools.partial(_fused, chunk_size=chunk), dtype, T, S, with_c)
+
+
+def test_fused_cpu_threads_and_auto_mode():
+    """Rows split over two threads give the same result as one; mode='auto' picks the kernel on CPU."""
+    x = make_inputs(3, 20, 3, 4, 9, torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _fused(**x, chunk_size=8)
+        torch.set_num_threads(2)
+        two = _fused(**x, chunk_size=8)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+    # non-contiguous (head-major strided) and conjugate-view inputs are read correctly
+    strided = {n: x[n].transpose(1, 2).contiguous().transpose(1, 2) for n in ("k", "v", "log_f", "w", "b")}
+    q_conj = x["q"].conj().resolve_conj().conj()  # same values as q, a lazy conjugate view
+    three = _fused(**{**x, **strided, "q": q_conj}, chunk_size=8)
+    for a, b in zip(one, three):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    calls = []
+    orig = hamt.ops.memory_fused_cpu
+    try:
+        hamt.ops.memory_fused_cpu = lambda *a, **kw: calls.append(1) or orig(*a, **kw)
+        memory_scan(**x, mode="auto", chunk_size=8)
+    finally:
+        hamt.ops.memory_fused_cpu = orig
+    assert calls == [1]
+
+
+def test_fused_cpu_casts_gates_and_rejects_other_dtypes():
+    """float32 gates with complex128 inputs are cast to the kernel's precision; non-complex inputs are refused."""
+    x = make_inputs(2, 9, 2, 3, 5, torch.float64)
+    ref = memory_reference(**x)
+    out = _fused(**{**x, **{n: x[n].float() for n in ("w", "b", "c")}, "log_f": x["log_f"].float().double()},
+                 chunk_size=4)
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="complex64/complex128"):
+        memory_fused_cpu(x["q"].real, x["k"].real, x["v"].real, x["log_f"], x["w"], x["b"], x["perm"])
+
+
+def test_float64_gradcheck_of_fused_cpu_kernel():
+    x = make_inputs(1, 6, 1, 2, 3, torch.float64, with_c=False)
+    _fused(**x, chunk_size=4)  # skips without the kernel
+    names = ("q", "v", "log_f", "w", "state")
+
+    def f(*args):
+        r, _, s = memory_fused_cpu(**{**x, **dict(zip(names, args))}, chunk_size=4)
+        return torch.view_as_real(r), torch.view_as_real(s)
+    assert torch.autograd.gradcheck(f, [x[n].clone().requires_grad_() for n in names])
+
+
+# --- build: the packaged source, the cache, the fallback -------------------------------------------
+
+@pytest.fixture
+def fresh_kernel(monkeypatch, tmp_path):
+    """A fused_cpu module state as before its first use, building into an empty cache folder."""
+    monkeypatch.setattr(fused_cpu, "_cpu_kernel_lib", None)
+    monkeypatch.setattr(fused_cpu, "_cpu_kernel_error", None)
+    monkeypatch.setenv("HAMT_CPU_KERNEL_DIR", str(tmp_path))
+    monkeypatch.delenv("HAMT_CPU_KERNEL", raising=False)
+    return tmp_path
+
+
+def test_source_is_the_packaged_c_file():
+    c_file = Path(fused_cpu.__file__).parent / "csrc" / "memory_scan.c"
+    text = c_file.read_text(encoding="utf-8")
+    src = fused_cpu._source()
+    assert "hamt_scan_fwd" in text and src.count(text) == 2  # once per precision
+    assert "#define REAL float" in src and "#define REAL double" in src
+
+
+def test_build_is_cached_by_source_content(fresh_kernel, monkeypatch):
+    if not cpu_kernel_status()[0]:  # builds into the empty folder
+        pytest.skip(f"fused CPU kernel unavailable: {cpu_kernel_status()[1]}")
+    assert len(list(fresh_kernel.glob("memory_*.so"))) == 1
+
+    class Compiled(Exception):
+        pass
+
+    def compile_(*args, **kwargs):
+        raise Compiled
+    monkeypatch.setattr(fused_cpu.subprocess, "run", compile_)
+    fused_cpu._compile_cpu_kernel()  # the same source again: loaded from the cache, never compiled
+    src = fused_cpu._source()
+    monkeypatch.setattr(fused_cpu, "_source", lambda: src + "/* an edit of memory_scan.c */\n")
+    with pytest.raises(Compiled):  # other content is another key: compiled anew
+        fused_cpu._compile_cpu_kernel()
+
+
+@pytest.mark.parametrize("why", ["no compiler", "disabled"])
+def test_falls_back_to_chunk_without_the_kernel(fresh_kernel, monkeypatch, why):
+    """Without a working compiler (or with HAMT_CPU_KERNEL=0) the status says why, mode='auto' runs the
+    chunked path with the same results, and asking for the kernel explicitly is a clear error."""
+    if why == "no compiler":
+        monkeypatch.setenv("CC", str(fresh_kernel / "no-such-cc"))
+    else:
+        monkeypatch.setenv("HAMT_CPU_KERNEL", "0")
+    ok, reason = cpu_kernel_status()
+    assert not ok and reason != "ok"
+    assert ("HAMT_CPU_KERNEL=0" in reason) == (why == "disabled")
+    x = make_inputs(2, 11, 2, 3, 5, torch.float64)
+    calls = []
+    orig = hamt.ops.memory_chunked
+    monkeypatch.setattr(hamt.ops, "memory_chunked", lambda *a, **kw: calls.append(kw["chunk_size"]) or orig(*a, **kw))
+    out = memory_scan(**x, mode="auto", chunk_size=4)
+    assert calls == [4]
+    for a, b in zip(out, memory_reference(**x)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    with pytest.raises(RuntimeError, match="unavailable"):
+        memory_fused_cpu(**x)
