@@ -75,8 +75,8 @@ class HAMTConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
     # memory implementation: auto (triton on CUDA, the fused C kernel on CPU, else chunk), cpu, chunk, reference, triton
     memory_mode: Literal["auto", "cpu", "chunk", "reference", "triton"] = "auto"
-    # time steps per chunk of the parallel memory path
-    chunk_size: int = 64
+    # time steps per chunk of every parallel memory path (= hamt.ops.DEFAULT_CHUNK_SIZE; see hamt/ops/__init__.py)
+    chunk_size: int = 16
     # epsilon of RMSNorm and of the unitary key/query normalisation
     norm_eps: float = 1e-6
     # std of the normal initialisation of linear and embedding weights

@@ -90,3 +90,10 @@ def test_model_config_chunk_size_reaches_the_path(monkeypatch, mode):
     HAMTForCausalLM(cfg).eval()(input_ids=torch.randint(0, 64, (1, 12)))
     assert seen == [5, 5]  # one scan per layer
     assert hamt.layers.memory_scan is memory_scan  # the layers call the dispatcher
+
+
+def test_the_model_default_chunk_is_the_ops_default():
+    from hamt.config import HAMTConfig
+    from hamt.ops import DEFAULT_CHUNK_SIZE
+
+    assert HAMTConfig().chunk_size == DEFAULT_CHUNK_SIZE
