@@ -23,7 +23,7 @@ def matched_gpt2_config(config: HAMTConfig, n_positions: int | None = None, targ
     """A ``GPT2Config`` whose parameter count is closest to HAMT's (``target`` overrides the count)."""
     from transformers import GPT2Config
 
-    from hamt.config import count_parameters
+    from hamt.model import count_parameters
 
     target = target or count_parameters(config)
     n_positions = n_positions or config.max_position_embeddings

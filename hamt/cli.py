@@ -1,9 +1,11 @@
 """The ``hamt`` command line: one subcommand per pipeline stage, plus tools.
 
 Every subcommand takes ``--params PATH``, ``--profile NAME`` and repeatable ``--set a.b=value``, and
-validates all parameters before importing torch or doing any work. Subcommands are listed in
-``COMMANDS`` as ``module:function``; the function takes ``(params, args)`` and returns an exit code
-(or None for 0). A module may define ``add_arguments_<name>(parser)`` for extra flags.
+validates all parameters before doing any work. Subcommands are listed in ``COMMANDS`` as
+``module:function``; the function takes ``(params, args)`` and returns an exit code (or None for 0).
+A module may define ``add_arguments_<name>(parser)`` for extra flags. Only the module of the command
+being run is imported (``hamt --help`` imports none of them), so stage modules import what they need
+at the top of the file, where a reader sees it.
 
 Errors the user can fix (``HAMTError``) print one line and exit 2; ``--debug`` shows the traceback.
 """
@@ -40,7 +42,8 @@ def cli_params(params, args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported, to add its extra flags."""
     parser = argparse.ArgumentParser(prog="hamt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"hamt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -53,16 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="override one parameter; repeatable",
         )
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
-        _add_extra_arguments(module, name, p)
+        if name == command:
+            _add_extra_arguments(module, name, p)
     return parser
 
 
 def _add_extra_arguments(module: str, name: str, parser: argparse.ArgumentParser) -> None:
-    # Extra flags live beside the command's code; importing the module must stay cheap (no torch at top).
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return
+    # Extra flags live beside the command's code.
+    mod = importlib.import_module(module)
     hook = getattr(mod, f"add_arguments_{name}", None)
     if hook is not None:
         hook(parser)
@@ -74,8 +75,15 @@ def _version() -> str:
     return __version__
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named on the command line: the first argument that is not an option."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

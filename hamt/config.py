@@ -17,6 +17,7 @@ from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
 from hamt.errors import ConfigError
+from hamt.typed import coerce
 
 # The seed prototype's configurations (vocab 50,257 = GPT-2 BPE, untied embeddings as its counts imply).
 # "tiny" runs end to end on a laptop CPU in minutes with its own 4,096-token BPE.
@@ -152,10 +153,9 @@ class HAMTConfig(PreTrainedConfig):
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ConfigError(f"unknown key 'model.{key}'{hint}; valid keys: preset, {', '.join(sorted(known))}")
-        from hamt.params import _coerce
 
         hints = _own_field_types()
-        kwargs = {k: _coerce(v, hints[k], f"model.{k}") for k, v in {**base, **section}.items()}
+        kwargs = {k: coerce(v, hints[k], f"model.{k}") for k, v in {**base, **section}.items()}
         try:
             return cls(**kwargs)
         except Exception as e:  # @strict wraps our validator's ConfigError; surface the original line
@@ -178,14 +178,3 @@ def _own_field_types() -> dict[str, Any]:
     """Resolved annotations of HAMTConfig's own fields (the base class's mention torch types)."""
     ns = {"Literal": Literal, "Any": Any}
     return {k: eval(v, ns) if isinstance(v, str) else v for k, v in HAMTConfig.__annotations__.items()}
-
-
-def count_parameters(config: HAMTConfig) -> int:
-    """Exact trainable parameter count of ``HAMTForCausalLM(config)`` (builds the model on meta)."""
-    import torch
-
-    from hamt.model import HAMTForCausalLM
-
-    with torch.device("meta"):
-        model = HAMTForCausalLM(config)
-    return sum(p.numel() for p in model.parameters())

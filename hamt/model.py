@@ -16,7 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -193,3 +198,10 @@ class HAMTForCausalLM(HAMTPreTrainedModel, GenerationMixin):
 
 AutoConfig.register("hamt", HAMTConfig, exist_ok=True)
 AutoModelForCausalLM.register(HAMTConfig, HAMTForCausalLM, exist_ok=True)
+
+
+def count_parameters(config: HAMTConfig) -> int:
+    """Exact trainable parameter count of ``HAMTForCausalLM(config)`` (builds the model on meta)."""
+    with torch.device("meta"):
+        model = HAMTForCausalLM(config)
+    return sum(p.numel() for p in model.parameters())

@@ -20,8 +20,6 @@ no torch, so the CLI validates parameters before any heavy import.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,108 +28,9 @@ from typing import Any
 import yaml
 
 from hamt.errors import ConfigError
-
-# --------------------------------------------------------------------------------------------------
-# Generic strict loading
-# --------------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; allow only lossless coercions (int -> float)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        item_tp = args[0] if args else Any
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by name."""
-    name = prefix or cls.__name__
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name}: expected a mapping of keys to values, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(
-            f"unknown key '{key}'{_did_you_mean(unknown[0], known)}; valid keys: {', '.join(sorted(known))}"
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
-    obj = cls(**kwargs)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        check()
-    return obj
-
-
-def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def to_dict(obj: Any) -> dict:
-    return dataclasses.asdict(obj)
-
-
-def _require(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
+from hamt.typed import did_you_mean as _did_you_mean
+from hamt.typed import from_dict, to_dict
+from hamt.typed import require as _require
 
 # --------------------------------------------------------------------------------------------------
 # Sections. Each field has a one-line docstring (the comment above it).
@@ -215,7 +114,7 @@ class TrainParams:
     # final learning rate of the cosine schedule
     min_lr: float = 3e-4
     # linear warm-up steps
-    warmup_steps: int = 20
+    warmup_steps: int = 30
     # AdamW weight decay (not applied to norms, biases and gates)
     weight_decay: float = 0.1
     # AdamW betas
@@ -223,7 +122,7 @@ class TrainParams:
     # gradient-norm clipping; 0 disables
     grad_clip: float = 1.0
     # evaluate every N steps (and at the end)
-    eval_every: int = 50
+    eval_every: int = 100
     # validation batches per evaluation
     eval_batches: int = 8
     # checkpoint every N steps (and at the end)
@@ -335,7 +234,7 @@ class CompareParams:
     # local folders of pretrained baselines, {name: path} (used instead of the hub)
     local_models: dict = field(default_factory=dict)
     # HAMT variants trained with the same budget: gating-on|off, aux-on|off, conv-off|conv-K, slots-N
-    ablations: list[str] = field(default_factory=list)
+    ablations: list[str] = field(default_factory=lambda: ["gating-off", "aux-on", "slots-1"])
     # split evaluated for perplexity
     eval_split: typing.Literal["train", "valid", "test"] = "test"
     # evaluation context for sliding-window perplexity

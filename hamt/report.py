@@ -104,7 +104,8 @@ def collect(params) -> dict:
 
 def preset_parameter_counts() -> dict:
     """Exact parameter counts of the seed's presets (built on the meta device: no memory, no weights)."""
-    from hamt.config import HAMTConfig, count_parameters
+    from hamt.config import HAMTConfig
+    from hamt.model import count_parameters
 
     return {name: count_parameters(HAMTConfig.from_preset(name)) for name in ("33m", "50m", "100m", "200m")}
 

@@ -97,7 +97,7 @@ def model_config_for(params, name: str, vocab_size: int):
         cfg = params.model_config(vocab_size=vocab_size, **ablation_overrides(name[len(ABLATION_PREFIX):]))
     elif kind == "scratch":
         from hamt.baselines import matched_gpt2_config
-        from hamt.config import count_parameters
+        from hamt.model import count_parameters
 
         hamt_cfg = params.model_config(vocab_size=vocab_size)
         n_pos = max(params.train.seq_len, hamt_cfg.max_position_embeddings)

@@ -82,3 +82,16 @@ def test_console_script_runs():
         pytest.skip("console script not installed (pip install -e .)")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage: hamt" in out.stdout
+
+
+def test_help_imports_no_stage_module_and_no_torch():
+    code = ("import sys; from hamt import cli; cli.build_parser()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('hamt.') or m == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "['hamt.cli', 'hamt.errors']", out.stdout
+
+
+def test_only_the_named_command_is_imported():
+    assert cli._command_of(["--version"]) is None
+    assert cli._command_of(["train", "--name", "compare"]) == "train"
+    assert cli._command_of(["--debug", "bench", "model"]) == "bench"

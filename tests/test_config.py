@@ -2,7 +2,8 @@
 
 import pytest
 
-from hamt.config import PRESETS, SEED_CLAIMED_PARAMS, HAMTConfig, count_parameters
+from hamt.config import PRESETS, SEED_CLAIMED_PARAMS, HAMTConfig
+from hamt.model import count_parameters
 from hamt.errors import ConfigError
 from hamt.params import load_params
 
