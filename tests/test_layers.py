@@ -1,0 +1,75 @@
+"""hamt.layers: the block's parts on their own (the model-level equivalences are in test_model.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hamt.config import HAMTConfig
+from hamt.layers import HAMTBlock, HolographicMemory, RMSNorm
+
+
+def small_config(**kw) -> HAMTConfig:
+    base = dict(vocab_size=64, hidden_dim=32, hcm_dim=64, num_layers=1, num_slots=2, num_attention_heads=2,
+                max_position_embeddings=32, memory_mode="reference")
+    return HAMTConfig(**{**base, **kw})
+
+
+def test_rmsnorm_normalises_and_scales():
+    torch.manual_seed(0)
+    norm = RMSNorm(8, eps=0.0)
+    with torch.no_grad():
+        norm.weight.fill_(2.0)
+    x = torch.randn(3, 5, 8) * 7
+    y = norm(x)
+    torch.testing.assert_close(y.square().mean(-1), torch.full((3, 5), 4.0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gating", [True, False])
+@pytest.mark.parametrize("conv", [4, 0])
+def test_memory_in_segments_with_carried_state_equals_one_pass(gating, conv):
+    """The layer's state (memory + conv tail) carries a segment's context into the next exactly."""
+    torch.manual_seed(0)
+    layer = HolographicMemory(small_config(use_gating=gating, conv_kernel=conv)).double()
+    x = torch.randn(2, 13, 32, dtype=torch.float64)
+    full, state_full, _ = layer(x)
+    a, s1, _ = layer(x[:, :6])
+    b, s2, _ = layer(x[:, 6:], s1)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(s2.memory, state_full.memory, rtol=1e-9, atol=1e-9)
+
+
+def test_memory_stats_report_fidelity_and_slot_use():
+    torch.manual_seed(0)
+    layer = HolographicMemory(small_config(num_slots=4))
+    _, _, stats = layer(torch.randn(2, 9, 32), want_stats=True)
+    assert -1.0 <= stats.fidelity.item() <= 1.0
+    assert stats.slot_usage.shape == (4,) and stats.slot_usage.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_block_is_residual_and_causal():
+    torch.manual_seed(0)
+    block = HAMTBlock(small_config(), 0).eval()
+    x = torch.randn(1, 10, 32)
+    y, _, _ = block(x)
+    x2 = x.clone()
+    x2[:, 7:] += 1.0  # change the future only
+    y2, _, _ = block(x2)
+    torch.testing.assert_close(y[:, :7], y2[:, :7])
+    assert not torch.allclose(y[:, 7:], y2[:, 7:])
+
+
+def test_causal_conv_matches_conv1d_and_carries_its_tail():
+    from hamt.layers import CausalConv
+
+    torch.manual_seed(0)
+    conv = CausalConv(6, 4)
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(2, 11, 6)
+    y, tail = conv(x, None)
+    ref = torch.nn.functional.conv1d(torch.nn.functional.pad(x.transpose(1, 2), (3, 0)), conv.weight, conv.bias, groups=6)
+    torch.testing.assert_close(y, torch.nn.functional.silu(ref).transpose(1, 2))
+    y1, t1 = conv(x[:, :5], None)
+    y2, _ = conv(x[:, 5:], t1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y)
