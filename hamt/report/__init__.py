@@ -2,7 +2,7 @@
 
 Everything is rendered from result files of the other stages, never from numbers written here:
 
-    collect.py   read every result file into one dict
+    collect.py   read every result file into one dict (an unreadable file is listed, never skipped)
     claims.py    the claims ledger: each claim of the seed prototype, measured value and verdict
     plots.py     the figures, ``<report.out_dir>/plots/*.png`` (a plot whose data is absent says so)
     render.py    the document as blocks, rendered to Markdown and to HTML with the plots embedded
@@ -51,12 +51,14 @@ def report(params) -> dict:
     write_text_atomic(html_path, render.render_html(doc, images, params.report.title))
     metrics = summary_metrics(results, ledger)
     write_json_atomic(metrics_path, metrics)
-    notes = [f"{k}: {p}" for k, p in drawn.items() if not isinstance(p, Path)]
-    for n in notes:
-        print(f"[report] plot skipped: {n}", file=sys.stderr)
+    skipped = [f"{k}: {p}" for k, p in drawn.items() if not isinstance(p, Path)]
+    unreadable = [f"unreadable result file {e['path']}: {e['error']}" for e in results["errors"]]
+    for n in unreadable + [f"plot skipped: {n}" for n in skipped]:
+        print(f"[report] {n}", file=sys.stderr)
+    notes = unreadable + skipped
     return {"md": str(md_path), "html": str(html_path), "metrics": str(metrics_path),
             "plots": {k: str(p) for k, p in drawn.items() if isinstance(p, Path)}, "notes": notes, "ledger": ledger,
-            "verdicts": metrics["claims"]}
+            "verdicts": metrics["claims"], "errors": results["errors"]}
 
 
 def summary_metrics(results: dict, ledger: list[dict]) -> dict:

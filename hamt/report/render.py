@@ -1,6 +1,6 @@
 """The report as a document: a list of blocks, rendered to Markdown and to one self-contained HTML file.
 
-``build_document`` lays out the report (setup, claims ledger, figures, comparison,
+``build_document`` lays out the report (setup, unreadable files, claims ledger, figures, comparison,
 validation, sample, criteria, definitions) as blocks ``(kind, ...)``: h1/h2/h3, p, note, pre, list,
 img (a plot key and its caption) and table (header, rows of raw values). ``render_markdown`` links the
 plots; ``render_html`` embeds them as base64 so the one file can be mailed or opened offline. Cells go
@@ -30,6 +30,7 @@ def build_document(results: dict, plots: dict[str, Path | str], ledger: list[dic
     doc.append(("p", f"Profile **{results.get('profile')}** (model {preset_of(results)}), data "
                      f"{results.get('dataset')}, tokenizer {results.get('tokenizer')}; device {env.get('device_name', 'n/a')}; "
                      f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}; {env.get('time', '')}."))
+    doc.extend(_error_blocks(results))
     doc.append(("h2", "Claims ledger"))
     doc.append(("p", "Each claim of the seed prototype, the value measured by this pipeline and a verdict computed from "
                      "the result files (`hamt.report.claims`; criteria at the end). *Not measured on this "
@@ -55,6 +56,15 @@ def build_document(results: dict, plots: dict[str, Path | str], ledger: list[dic
                      "convention. NLL is summed over every target token of the split (end-of-text separators included). "
                      "Every number in this report is read from a result file; nothing is typed in by hand."))
     return doc
+
+
+def _error_blocks(results: dict) -> list[tuple]:
+    errors = results.get("errors") or []
+    if not errors:
+        return []
+    return [("h2", "Unreadable result files"),
+            ("p", "These files exist but could not be read; everything below is made without them."),
+            ("list", [f"`{e['path']}`: {e['error']}" for e in errors])]
 
 
 def _comparison_blocks(results: dict, rows: list[dict]) -> list[tuple]:
