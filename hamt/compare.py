@@ -467,7 +467,7 @@ def environment(params) -> dict:
 
 
 def write_results(params, result: dict) -> None:
-    from hamt.report import write_bytes_atomic, write_json as write_json_atomic
+    from hamt.io import write_bytes_atomic, write_json_atomic
 
     out = Path(params.compare.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,17 +7,17 @@ from typing import Any, Sequence
 
 
 def cell(v: Any, digits: int | None = None) -> str:
-    """A table cell: ``digits`` fixed decimals when given, else 4 significant digits below 1,000 and
+    """A table cell: ``digits`` fixed decimals when given (ints too), else 4 significant digits below 1,000 and
     thousands separators above; ``None`` is "n/a", non-finite floats print as themselves."""
     if v is None:
         return "n/a"
     if isinstance(v, bool):
         return str(v)
+    if isinstance(v, (int, float)) and digits is not None:
+        return str(v) if math.isnan(v) or math.isinf(v) else f"{v:,.{digits}f}"
     if isinstance(v, float):
         if math.isnan(v) or math.isinf(v):
             return str(v)
-        if digits is not None:
-            return f"{v:,.{digits}f}"
         if v == 0:
             return "0"
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"

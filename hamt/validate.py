@@ -109,7 +109,7 @@ def _recall_check(sp, steps: int, pairs: int, vocab: int, device) -> dict:
 def validate_small(params) -> dict:
     """Run the small-model checks; write ``validate.out_dir/metrics.json``; return the verdict."""
     from hamt.runtime import resolve_device
-    from hamt.report import write_json as write_json_atomic
+    from hamt.io import write_json_atomic
     from hamt.train import TrainingFailed, train
 
     vp, t0 = params.validate, time.perf_counter()

@@ -1,0 +1,48 @@
+"""The rendered report: Markdown, self-contained HTML with every plot embedded, and ``metrics.json``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+from hamt.report import claims, plots, render, report
+from results_tree import fake_presets, make_results_tree  # noqa: F401  (fake_presets is a fixture)
+
+S, R = claims.SUPPORTED, claims.REFUTED
+
+
+def test_report_renders_md_html_and_metrics_with_every_plot_embedded(tmp_path, fake_presets):
+    params = make_results_tree(tmp_path)
+    out = report(params)
+    html = Path(out["html"]).read_text()
+    md = Path(out["md"]).read_text()
+    assert set(out["plots"]) == {k for k, _c, _f in plots.PLOTS} and not out["notes"]
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert len(images) == len(plots.PLOTS)
+    for b64 in images:
+        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing fetched
+    for key, path in out["plots"].items():
+        assert Path(path).is_file() and f"(plots/{key}.png)" in md
+    # the ledger and the skipped baseline with its reason are in both documents
+    for doc in (md, html):
+        assert "Claims ledger" in doc and "tokenizer mismatch: bpe tokens" in doc
+        assert doc.count(S) >= 1 and doc.count(R) >= 1
+    metrics = json.loads(Path(out["metrics"]).read_text())
+    assert metrics["models"]["hamt"]["ppl"] == 130.0 and metrics["validate_passed"] is True
+    assert sum(metrics["claims"].values()) == len(claims.CLAIMS)
+
+
+def test_markdown_table_cells_stay_in_their_row_and_html_escapes():
+    doc = [("h1", "T"), ("table", ["a", "b"], [["x | y\nz", None], [1234567, 0.5]]), ("p", "**bold** <tag> `code`")]
+    md = render.render_markdown(doc, {})
+    assert "| x \\| y z | n/a |" in md and "| 1,234,567 | 0.5 |" in md
+    page = render.render_html(doc, {}, "T")
+    assert "<b>bold</b> &lt;tag&gt; <code>code</code>" in page and "<td>1,234,567</td>" in page
+
+
+def test_verdict_cells_are_coloured_in_html():
+    page = render.render_html([("table", ["verdict"], [[S], [R], [claims.NOT_MEASURED]])], {}, "T")
+    assert all(f"class='{c}'" in page for c in ("v-supported", "v-refuted", "v-not"))
