@@ -394,7 +394,7 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool | str) -> dict:
         from hamt.checkpoint import remove_stale_temps
-        from hamt.logging_utils import CSVLog, TextLog, make_logger, progress
+        from hamt.train.logs import CSVLog, TextLog, make_logger, progress
 
         self.text_log = TextLog(self.results_dir / "train.log", enabled=self.master)
         if self.master:
@@ -425,7 +425,7 @@ class Trainer:
         except TrainingFailed as e:
             # The flow reads this to decide on its fallback profile; the rungs taken are in "fallbacks".
             if self.master:
-                from hamt.logging_utils import write_json_atomic
+                from hamt.train.logs import write_json_atomic
 
                 self._event_log(f"failed: {e}", echo=False)
                 write_json_atomic(self.results_dir / "metrics.json", {**self._summary(t_start), "failed": str(e)})
@@ -613,7 +613,7 @@ class Trainer:
         self._record(step, "divergence", self.tp.lr * old_scale, self.tp.lr * self.sched.scale,
                      f"{reason}; rolled back to step {self.step} ({path.name})")
         if self.csv is not None:
-            from hamt.logging_utils import CSVLog
+            from hamt.train.logs import CSVLog
 
             self.csv = CSVLog(self.csv.path, LOG_COLUMNS, resume_step=self.step)
         self.bar.n = self.step
@@ -702,7 +702,7 @@ class Trainer:
         if tl is not None:
             tl.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}", echo=False)
         if echo and self.master:
-            from hamt.logging_utils import _echo
+            from hamt.train.logs import _echo
 
             _echo(f"hamt train: {msg}")
 
@@ -838,7 +838,7 @@ class Trainer:
                 raise KeyboardInterrupt  # a second Ctrl-C stops at once
             self._stop_signal = signum
             if self.master:
-                from hamt.logging_utils import _echo
+                from hamt.train.logs import _echo
 
                 _echo(f"hamt train: {signal.Signals(signum).name} received; saving a checkpoint after this step")
 
@@ -875,7 +875,7 @@ class Trainer:
         summary = self._summary(t_start, interrupted=True)
         summary["signal"] = int(self._stop_signal)
         if self.master:
-            from hamt.logging_utils import write_json_atomic
+            from hamt.train.logs import write_json_atomic
 
             write_json_atomic(self.results_dir / "metrics.json", summary)
         return summary
@@ -884,7 +884,7 @@ class Trainer:
     def _finish(self, t_start: float) -> dict:
         summary = self._summary(t_start)
         if self.master:
-            from hamt.logging_utils import write_json_atomic
+            from hamt.train.logs import write_json_atomic
 
             final = self._export_final()
             summary["final_dir"] = str(final)
