@@ -44,7 +44,7 @@ class Ladder:
 
 
 def smaller_micro_batch(current: int, minimum: int, per_rank_batch: int) -> int | None:
-    """The largest divisor of ``per_rank_batch`` in [minimum, current // 2], or None when there is none."""
+    """The largest divisor of ``per_rank_batch`` in [minimum, max(minimum, current // 2)]; None if none or at the minimum."""
     if current <= minimum:
         return None
     for m in range(max(minimum, current // 2), minimum - 1, -1):

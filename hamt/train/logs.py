@@ -3,7 +3,7 @@
 - ``CSVLog``: the loss series ``log.csv`` with a fixed header (``LOG_COLUMNS``); on resume, rows after
   the checkpoint's step are dropped so an interrupted-then-resumed run writes the same series as an
   uninterrupted one.
-- ``TextLog``: the event log ``train.log`` (resumes, fallbacks, interruptions); ``echo`` prints a line
+- ``TextLog``: the event log ``train.log`` (resumes, fallbacks, interruptions); ``print_event`` prints a line
   without breaking the progress bar.
 - ``progress``: a tqdm bar with ETA, shown on the master process only.
 - ``make_logger``: Weights & Biases behind an optional logger. ``disabled`` never imports wandb;
@@ -94,10 +94,10 @@ class TextLog:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(message.rstrip() + "\n")
         if echo:
-            echo(message)
+            print_event(message)
 
 
-def echo(message: str) -> None:
+def print_event(message: str) -> None:
     """Print ``message`` on stderr above the progress bar (tqdm.write keeps the bar intact)."""
     tqdm.write(message, file=sys.stderr)
 

@@ -34,11 +34,11 @@ from hamt.data import RandomWindows, load_split, read_meta
 from hamt.errors import ConfigError
 from hamt.metrics.systems import PeakMemory, flops_per_token, max_context, mfu, peak_flops
 from hamt.runtime import DistInfo, autocast_context, init_distributed, is_oom
-from hamt.train import export, logs, state
+from hamt.train import export, state
 from hamt.train.evaluate import evaluate
 from hamt.train.faults import EnvFaults
 from hamt.train.ladder import Ladder, TrainingFailed, take_oom_rung
-from hamt.train.logs import LOG_COLUMNS, CSVLog, TextLog, make_logger, progress
+from hamt.train.logs import LOG_COLUMNS, CSVLog, TextLog, make_logger, print_event, progress
 from hamt.train.optimizer import make_optimizer
 from hamt.train.schedule import WarmupCosine
 from hamt.train.signals import StopSignals
@@ -377,4 +377,4 @@ class Trainer:
         if self.text_log is not None:
             self.text_log.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}", echo=False)
         if echo and self.master:
-            logs.echo(f"hamt train: {msg}")
+            print_event(f"hamt train: {msg}")

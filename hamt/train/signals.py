@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from hamt.runtime import DistInfo
-from hamt.train.logs import echo
+from hamt.train.logs import print_event
 
 RESUME_HINT = "hamt train --resume"
 
@@ -37,7 +37,7 @@ class StopSignals:
                 raise KeyboardInterrupt  # a second Ctrl-C stops at once
             self.signum = signum
             if self.announce:
-                echo(f"hamt train: {signal.Signals(signum).name} received; saving a checkpoint after this step")
+                print_event(f"hamt train: {signal.Signals(signum).name} received; saving a checkpoint after this step")
 
         self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in self._old:
