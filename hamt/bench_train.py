@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(markdown(rows, peaks, name, torch.get_num_threads(), args.reps, args.steps))
     if args.out:
-        from hamt.logging_utils import write_json_atomic
+        from hamt.io import write_json_atomic
 
         write_json_atomic(Path(args.out), {"rows": rows, "peaks": peaks, "device": name,
                                           "threads": torch.get_num_threads()})

@@ -24,16 +24,17 @@ import hashlib
 import os
 import random
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from hamt.errors import CheckpointError
+from hamt.io import TMP_MARK, file_sha256, fsync_dir, temp_path, write_bytes_atomic
 
 FORMAT = "hamt-train-checkpoint/1"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-_TMP_MARK = ".tmp."
 
 # Config keys that say nothing about the weights' shapes or meaning (library versions, runtime flags).
 _VOLATILE_CONFIG_KEYS = {
@@ -66,11 +67,13 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
 
 
 def remove_stale_temps(ckpt_dir: str | Path) -> list[Path]:
-    """Delete temp files left by a process killed while writing (only the writer calls this)."""
-    import shutil
+    """Delete temp files left by a process killed while writing (only the writer calls this).
 
+    They are the hidden ``.<name>.tmp.<id>`` files and folders of ``hamt.io`` (checkpoints, sidecars,
+    an unfinished ``final/`` export) and the ``.<name>.old.<id>`` folder a replaced export leaves.
+    """
     d = Path(ckpt_dir)
-    stale = [p for p in d.iterdir() if p.name.startswith(".") and (_TMP_MARK in p.name or ".old." in p.name)] \
+    stale = [p for p in d.iterdir() if p.name.startswith(".") and (TMP_MARK in p.name or ".old." in p.name)] \
         if d.is_dir() else []
     for p in stale:
         if p.is_dir() and not p.is_symlink():
@@ -107,32 +110,6 @@ class _HashingWriter:
         self.f.flush()
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     state: dict, ckpt_dir: str | Path, step: int, keep: int = 3, write_hook: Callable[[int], None] | None = None
 ) -> Path:
@@ -146,7 +123,7 @@ def save_checkpoint(
     d = Path(ckpt_dir)
     d.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(d, step)
-    tmp = final.with_name(f".{final.name}{_TMP_MARK}{os.getpid()}")
+    tmp = temp_path(final)  # ".step_<N>.pt.tmp.<id>": what remove_stale_temps deletes after a kill
     state = {"format": FORMAT, "step": step, "saved_at": time.time(), **state}
     try:
         with open(tmp, "wb") as f:
@@ -157,9 +134,9 @@ def save_checkpoint(
         digest = w.sha.hexdigest()
         # The sidecar goes first: a checkpoint file only replaces the old one once its checksum is on
         # disk, and a sidecar whose file is missing or different just marks that step as invalid.
-        _write_bytes_atomic(sidecar_path(final), f"{digest}  {final.name}\n".encode())
+        write_bytes_atomic(sidecar_path(final), f"{digest}  {final.name}\n".encode())
         os.replace(tmp, final)
-        _fsync_dir(d)
+        fsync_dir(d)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
@@ -184,14 +161,6 @@ def prune_checkpoints(ckpt_dir: str | Path, keep: int) -> list[Path]:
 # ---------------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(path: str | Path) -> str | None:

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "download": ("hamt.data", "cli_download", "fetch raw text (hub or local folder) into data/raw"),
     "tokenize": ("hamt.tokenize", "cli_tokenize", "train/load a tokenizer and write memmapped token ids"),
     "validate": ("hamt.validate", "cli_validate", "short small-model sanity run before the expensive one"),
-    "train": ("hamt.train", "cli_train", "train a model with checkpoints, resume and the fallback ladder"),
+    "train": ("hamt.train.cli", "cli_train", "train a model with checkpoints, resume and the fallback ladder"),
     "generate": ("hamt.generate", "cli_generate", "generate text from a checkpoint"),
     "compare": ("hamt.compare", "cli_compare", "evaluate HAMT against the baselines"),
     "report": ("hamt.report", "cli_report", "write results/report.{md,html}, plots and metrics.json"),

@@ -1,57 +1,39 @@
-"""Where training metrics go: files first (CSV series, JSON), then an optional W&B run and a tqdm bar.
+"""Where training metrics go: files first (CSV series, event log), then an optional W&B run and a tqdm bar.
 
-- ``CSVLog``: the loss series ``log.csv`` with a fixed header; on resume, rows after the checkpoint's
-  step are dropped so an interrupted-then-resumed run writes the same series as an uninterrupted one.
-- ``write_json_atomic``: results files are written to a temp file in the same folder, then replaced.
+- ``CSVLog``: the loss series ``log.csv`` with a fixed header (``LOG_COLUMNS``); on resume, rows after
+  the checkpoint's step are dropped so an interrupted-then-resumed run writes the same series as an
+  uninterrupted one.
+- ``TextLog``: the event log ``train.log`` (resumes, fallbacks, interruptions); ``print_event`` prints a line
+  without breaking the progress bar.
+- ``progress``: a tqdm bar with ETA, shown on the master process only.
 - ``make_logger``: Weights & Biases behind an optional logger. ``disabled`` never imports wandb;
   ``offline`` writes a run folder under ``WANDB_DIR`` without touching the network; ``online`` is only
   attempted when an API key is configured (otherwise it falls back to offline with a warning), so a
   run never prompts for a key or blocks on login. Any wandb failure degrades to a no-op logger.
-- ``progress``: a tqdm bar with ETA, shown on the master process only.
 
-This module imports no torch.
+Results files (metrics.json) are written with ``hamt.io.write_json_atomic``. This module imports no torch.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
-import tempfile
 import warnings
+from io import StringIO
 from pathlib import Path
 from typing import Any, Iterable
+
+from tqdm.auto import tqdm
+
+from hamt.io import write_bytes_atomic
+
+LOG_COLUMNS = ["step", "tokens", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu",
+               "peak_mem_mb", "fidelity", "slot_active_fraction"]
 
 # ---------------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically (temp file in the same folder + replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy / torch scalars and paths end up in summaries; store them as plain values.
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
 
 
 class CSVLog:
@@ -67,12 +49,11 @@ class CSVLog:
             with self.path.open(newline="", encoding="utf-8") as f:
                 kept = [r for r in csv.DictReader(f) if _int(r.get("step")) <= resume_step]
         rows = [{k: r.get(k, "") for k in self.columns} for r in kept]
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.path)
+        text = StringIO(newline="")  # csv writes its own \r\n line ends
+        w = csv.DictWriter(text, fieldnames=self.columns)
+        w.writeheader()
+        w.writerows(rows)
+        write_bytes_atomic(self.path, text.getvalue().encode("utf-8"))  # a crash leaves the old series
 
     def append(self, row: dict) -> None:
         with self.path.open("a", newline="", encoding="utf-8") as f:
@@ -113,17 +94,12 @@ class TextLog:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(message.rstrip() + "\n")
         if echo:
-            _echo(message)
+            print_event(message)
 
 
-def _echo(message: str) -> None:
-    # tqdm.write keeps the progress bar intact.
-    try:
-        from tqdm import tqdm
-
-        tqdm.write(message, file=sys.stderr)
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        print(message, file=sys.stderr)
+def print_event(message: str) -> None:
+    """Print ``message`` on stderr above the progress bar (tqdm.write keeps the bar intact)."""
+    tqdm.write(message, file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -133,8 +109,6 @@ def _echo(message: str) -> None:
 
 def progress(total: int, initial: int = 0, desc: str = "train", enabled: bool = True):
     """A tqdm bar (steps, rate, ETA) on stderr; a silent one on non-master ranks."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled,
                 dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
 

@@ -3,7 +3,7 @@ a truncated newest checkpoint, a full disk. After each, the last good checkpoint
 run ends with weights bitwise-identical to an uninterrupted run.
 
 Subprocesses run ``python -m hamt.cli train`` with faults injected through ``HAMT_FAULTS``
-(see ``hamt.train.EnvFaults``); the reference run is in-process.
+(see ``hamt.train.faults.EnvFaults``); the reference run is in-process.
 """
 
 from __future__ import annotations
@@ -199,3 +199,22 @@ def test_checkpoint_errors_surface_as_checkpoint_error(tokens_dir, tmp_path):
     junk.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt"):
         train(params(tokens_dir, tmp_path), resume=str(junk))
+
+
+def test_fault_spec_fires_once_and_bad_entries_are_config_errors():
+    import errno
+
+    from hamt.errors import ConfigError
+    from hamt.train import EnvFaults
+
+    with pytest.raises(ConfigError, match="HAMT_FAULTS"):
+        EnvFaults("oom@x")
+    faults = EnvFaults("nan@2, oom@3, ckpt_enospc@5")
+    assert faults(1) is None and faults(2) == "nan" and faults(2) is None  # each entry fires once
+    with pytest.raises(torch.OutOfMemoryError, match="step 3"):
+        faults(3)
+    assert faults.checkpoint_hook(4) is None
+    hook = faults.checkpoint_hook(5)
+    with pytest.raises(OSError) as e:
+        hook(100)
+    assert e.value.errno == errno.ENOSPC and faults.checkpoint_hook(5) is None
