@@ -14,7 +14,7 @@ Environment variables read here (all optional):
     HAMT_NPROC_PER_NODE   training processes per machine: an integer, or "auto" = every visible CUDA GPU
                           (default "auto"; on a CPU machine that is 1). More than 1 launches torchrun.
     HAMT_PRIMARY_FAULTS   fault injection for the *primary* training only, in the trainer's HAMT_FAULTS
-                          syntax (``hamt/train.py``, EnvFaults), e.g. ``nan@1,nan@1,nan@1,nan@1`` (more NaN
+                          syntax (``hamt/train/faults.py``, EnvFaults), e.g. ``nan@1,nan@1,nan@1,nan@1`` (more NaN
                           roll-backs than fallback.max_divergence_retries) or ``sigkill@1`` (a crash).
     HAMT_TRAIN_GPUS       GPUs requested by ``@resources`` on the training steps (remote runs only)
 """
