@@ -14,9 +14,11 @@ import statistics
 
 import torch
 
-from hamt import bench
+from hamt.bench.memory import copy_bandwidth, memory_inputs, memory_io_bytes, memory_step_fns
+from hamt.bench.model import build_models
 from hamt.config import HAMTConfig
 from hamt.kernels import triton_memory as tm
+from hamt.metrics.systems import timed, train_throughput
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--preset", default="100m")
@@ -31,15 +33,15 @@ a = ap.parse_args()
 dev = torch.device(a.device)
 cfg = HAMTConfig.from_preset(a.preset)
 H, S, F = cfg.num_attention_heads, cfg.num_slots, cfg.num_freqs
-inp = bench.memory_inputs(a.batch, a.seq_len, H, S, F, dev)
+inp = memory_inputs(a.batch, a.seq_len, H, S, F, dev)
 
 
 def fwd_bwd_fn(block_f, chunk):
     scan = functools.partial(tm.memory_triton, chunk_size=chunk, block_f=block_f)
-    return bench.memory_step_fns(inp, "triton", dev, scan=scan)[1]
+    return memory_step_fns(inp, "triton", dev, scan=scan)[1]
 
 
-floor = bench.memory_io_bytes(a.batch, a.seq_len, H, S, F)["total"] / bench.copy_bandwidth(dev)
+floor = memory_io_bytes(a.batch, a.seq_len, H, S, F)["total"] / copy_bandwidth(dev)
 print(f"memory scan B={a.batch} T={a.seq_len} H={H} S={S} F={F}; floor {1e3 * floor:.3f} ms (fwd+bwd)")
 print("| block_f | chunk | fwd+bwd ms | x floor |\n|---|---|---|---|")
 res = {}
@@ -48,7 +50,7 @@ for bf in a.block_f:
         try:
             step = fwd_bwd_fn(bf, ch)
             step()  # compiles this variant
-            ms = 1e3 * statistics.median(bench._time(step, dev) for _ in range(5))
+            ms = 1e3 * statistics.median(timed(step, dev) for _ in range(5))
         except Exception as e:  # noqa: BLE001 - a variant that does not fit (registers, shared memory)
             print(f"| {bf} | {ch} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | |")
             continue
@@ -63,19 +65,19 @@ variants = {"hamt (default)": orig, f"hamt (block_f={best[0]}, chunk={best[1]})"
             functools.partial(orig, chunk_size=best[1], block_f=best[0])}
 print("\n| T | model | tok/s |\n|---|---|---|")
 for T in a.model_seq_lens:
-    models = bench._build_models(cfg, T, dev)
-    x = torch.randint(0, cfg.vocab_size, (max(1, a.tokens_per_step // T), T), device=dev)
-    steps = {k: bench._train_step_fn(m, x, "bf16", dev) for k, m in models.items()}
+    models = build_models(cfg, T, dev)
+    B = max(1, a.tokens_per_step // T)
     runs = {name: ("hamt", fn) for name, fn in variants.items()} | {"gpt2": ("gpt2", None)}
-    times = {k: [] for k in runs}
+    tok_s = {k: [] for k in runs}
     for i in range(6):
         for name, (m, fn) in runs.items():
             if fn is not None:
                 tm.memory_triton = fn
-            t = bench._time(steps[m], dev)
+            r = train_throughput(models[m], B, T, device=dev, steps=1, warmup=0, precision="bf16", optimizer=False,
+                                 copy_model=False)  # the step hamt bench model times
             if i:  # the first round warms up
-                times[name].append(t)
+                tok_s[name].append(r["tokens_per_s"])
     tm.memory_triton = orig
     for name in runs:
-        print(f"| {T} | {name} | {x.numel() / statistics.median(times[name]):,.0f} |", flush=True)
-    del models, steps
+        print(f"| {T} | {name} | {statistics.median(tok_s[name]):,.0f} |", flush=True)
+    del models
