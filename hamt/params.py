@@ -435,8 +435,6 @@ class BenchTokenizeParams:
 class BenchParams:
     """Benchmarks (``hamt bench model|memory|decode|tokenize|all``); its flags override these."""
 
-    # where <name>.json / <name>.md go (report.bench_dir reads them)
-    results_dir: str = "results/bench"
     # cpu | cuda | auto; None = train.device
     device: str | None = None
     # fp32 | bf16; None = train.precision (fp16 is benchmarked as bf16)

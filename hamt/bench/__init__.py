@@ -1,7 +1,7 @@
 """``hamt bench model|memory|decode|tokenize|all``: the benchmarks behind BENCHMARKS.md.
 
 Each prints a markdown table headed by the device, date, git commit and the resolved command, and
-writes ``<bench.results_dir>/<name>.json`` (a list of rows, each carrying the same metadata) and
+writes ``<report.bench_dir>/<name>.json`` (a list of rows, each carrying the same metadata) and
 ``<name>.md``; ``--out FILE`` also writes all tables to FILE.
 
 * ``model`` (``hamt.bench.model``): training tokens/s, memory and MFU of HAMT vs a GPT-2 of matched
@@ -43,7 +43,7 @@ def add_arguments_bench(parser: argparse.ArgumentParser) -> None:
     add("--precision", choices=["fp32", "bf16"], default=None,
         help="model bench precision (bench.precision, else train.precision; fp16 is benchmarked as bf16)")
     add("--threads", type=int, default=None, help="CPU threads for torch (bench.threads; 0 = torch's choice)")
-    add("--results-dir", default=None, help="where <name>.json/.md go (bench.results_dir)")
+    add("--results-dir", default=None, help="where <name>.json/.md go (report.bench_dir, where the report reads them)")
     add("--out", default=None, help="also write all tables to this markdown file")
     add("--compile", action="store_true", default=None, help="model bench: torch.compile both models (bench.compile)")
     add("--optimizer", action="store_true", default=None,
@@ -71,7 +71,7 @@ def options(params, args, device) -> dict:
         preset=pick("preset", b.preset), vocab_size=pick("vocab_size", b.vocab_size),
         compile=pick("compile", b.compile), optimizer=pick("optimizer", b.optimizer),
         memory_mode=pick("memory_mode", b.memory_mode), threads=pick("threads", b.threads),
-        results_dir=pick("results_dir", b.results_dir),
+        results_dir=pick("results_dir", params.report.bench_dir),
         # the trainer's settings where the trainer's step is measured, and its MFU denominator
         lr=params.train.lr, grad_clip=params.train.grad_clip, peak_flops=params.train.peak_flops,
         tokenize=b.tokenize,

@@ -91,6 +91,12 @@ def test_bench_settings_come_from_params_and_flags_override(tmp_path):
     assert options(p, Namespace(**flags), torch.device("cuda"))["seq_lens"] == p.bench.cuda.seq_lens
 
 
+def test_bench_defaults_equal_params_yaml():
+    from hamt.params import BenchParams, read_yaml, to_dict
+
+    assert to_dict(BenchParams()) == read_yaml(ROOT / "params.yaml")["bench"]
+
+
 def test_compile_failure_is_measured_eager_and_recorded(tmp_path, monkeypatch):
     import torch
 
