@@ -344,7 +344,7 @@ def train_throughput(model, batch: int, seq_len: int, *, device="cpu", steps: in
         step()
     with PeakMemory(device, memory) as mem:
         dt = timed(lambda: [step() for _ in range(steps)], device)
-    del probe, opt, step
+    del probe, opt
     return {"tokens_per_s": batch * seq_len * steps / dt, "step_s": dt / steps, "peak_mem_mb": mem.peak_mb,
             "mem_delta_mb": mem.delta_mb, "mem_source": mem.source, "batch": batch, "seq_len": seq_len}
 
