@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("hamt.generate", "cli_generate", "generate text from a checkpoint"),
     "compare": ("hamt.compare", "cli_compare", "evaluate HAMT against the baselines"),
     "report": ("hamt.report", "cli_report", "write results/report.{md,html}, plots and metrics.json"),
-    "bench": ("hamt.bench", "cli_bench", "benchmarks: model throughput, decoding, memory kernel"),
+    "bench": ("hamt.bench", "cli_bench", "benchmarks: model throughput, memory kernel, decoding, tokenization"),
     "params": ("hamt.cli", "cli_params", "print the resolved parameters of a profile as YAML"),
 }
 

@@ -298,6 +298,89 @@ class ReportParams:
     title: str = "HAMT: measured results"
 
 
+@dataclass
+class BenchDeviceParams:
+    """The benchmark lengths of one device type (``bench.cpu``, ``bench.cuda``)."""
+
+    # model bench: training sequence lengths
+    seq_lens: list[int] = field(default_factory=lambda: [256, 1024, 4096])
+    # model bench: tokens per training step; batch = max(1, tokens_per_step // T)
+    tokens_per_step: int = 4096
+    # decode bench: context lengths
+    contexts: list[int] = field(default_factory=lambda: [256, 1024, 4096, 16384])
+    # memory bench: batch of the scan
+    memory_batch: int = 1
+
+
+@dataclass
+class BenchTokenizeParams:
+    """The tokenization bench's corpora (``bench.tokenize``)."""
+
+    # folder holding the files below (env HAMT_SHARED_DATA wins)
+    data_dir: str = "/work/shared/data"
+    # Tiny Shakespeare, relative to data_dir: a BPE is trained on it and encodes it
+    shakespeare: str = "tinyshakespeare/input.txt"
+    # WikiText-2 raw valid, relative to data_dir: GPT-2's BPE encodes it
+    wikitext: str = "wikitext-2-raw/wiki.valid.raw"
+    # folder with GPT-2's vocab.json + merges.txt, relative to data_dir
+    gpt2_tokenizer: str = "gpt2-tokenizer"
+    # vocabulary of the BPE trained on Tiny Shakespeare
+    vocab_size: int = 4096
+    # each encoding is timed this many times; the best is reported
+    repeats: int = 3
+
+
+@dataclass
+class BenchParams:
+    """Benchmarks (``hamt bench model|memory|decode|tokenize|all``); its flags override these."""
+
+    # cpu | cuda | auto; None = train.device
+    device: str | None = None
+    # fp32 | bf16; None = train.precision (fp16 is benchmarked as bf16)
+    precision: typing.Literal["fp32", "bf16"] | None = None
+    # model preset; None = the profile's model section
+    preset: str | None = None
+    # the model's vocabulary size; 0 = the model's own
+    vocab_size: int = 0
+    # timed repeats per measurement (the median is reported)
+    repeats: int = 5
+    # model bench: include gradient clipping (train.grad_clip) and the AdamW step, i.e. the trainer's step
+    optimizer: bool = False
+    # model bench: torch.compile both models (eager fallback, recorded per row)
+    compile: bool = False
+    # HAMT's memory implementation in the model and decode benches; None = the model config's
+    memory_mode: typing.Literal["auto", "cpu", "chunk", "reference", "triton"] | None = None
+    # CPU threads for torch; 0 = torch's choice (1 is steadier on a shared machine)
+    threads: int = 0
+    # memory bench: sequence length of the scan
+    memory_seq_len: int = 1024
+    # decode bench: timed single-token steps per context
+    decode_steps: int = 32
+    # decode bench: HAMT prefills the context in chunks of this many tokens (memory stays O(chunk))
+    prefill_chunk: int = 1024
+    # lengths on a CPU
+    cpu: BenchDeviceParams = field(default_factory=BenchDeviceParams)
+    # lengths on a GPU
+    cuda: BenchDeviceParams = field(default_factory=lambda: BenchDeviceParams(
+        seq_lens=[512, 1024, 2048, 4096, 8192], tokens_per_step=65536,
+        contexts=[256, 1024, 4096, 16384, 32768], memory_batch=16))
+    # the tokenization bench
+    tokenize: BenchTokenizeParams = field(default_factory=BenchTokenizeParams)
+
+    def validate(self) -> None:
+        for k in ("repeats", "memory_seq_len", "decode_steps", "prefill_chunk"):
+            _require(getattr(self, k) >= 1, f"bench.{k}: must be >= 1, got {getattr(self, k)}")
+        _require(self.vocab_size >= 0 and self.threads >= 0, "bench.vocab_size, bench.threads: must be >= 0 (0 = default)")
+        for dev in ("cpu", "cuda"):
+            d = getattr(self, dev)
+            for k in ("seq_lens", "contexts"):
+                _require(all(n >= 2 for n in getattr(d, k)), f"bench.{dev}.{k}: every length must be >= 2")
+            for k in ("tokens_per_step", "memory_batch"):
+                _require(getattr(d, k) >= 1, f"bench.{dev}.{k}: must be >= 1")
+        _require(self.tokenize.repeats >= 1 and self.tokenize.vocab_size >= 260,
+                 "bench.tokenize: repeats must be >= 1 and vocab_size >= 260")
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "tokenizer": TokenizerParams,
@@ -306,6 +389,7 @@ SECTIONS: dict[str, type] = {
     "validate": ValidateParams,
     "compare": CompareParams,
     "report": ReportParams,
+    "bench": BenchParams,
 }
 
 
@@ -322,6 +406,7 @@ class Params:
     validate: ValidateParams
     compare: CompareParams
     report: ReportParams
+    bench: BenchParams
     source: str = "<defaults>"
 
     def model_config(self, **overrides: Any):

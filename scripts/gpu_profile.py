@@ -7,9 +7,9 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hamt import bench
+from hamt.bench.model import build_models
 from hamt.config import HAMTConfig
-from hamt.model import HAMTForCausalLM
+from hamt.metrics.systems import train_step
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--preset", default="100m")
@@ -17,11 +17,10 @@ ap.add_argument("--batch", type=int, default=16)
 ap.add_argument("--seq-len", type=int, default=1024)
 ap.add_argument("--rows", type=int, default=25)
 a = ap.parse_args()
-model = HAMTForCausalLM(HAMTConfig.from_preset(a.preset)).cuda().train()
+dev = torch.device("cuda")
+model = build_models(HAMTConfig.from_preset(a.preset), a.seq_len, dev)["hamt"]  # what hamt bench model times
 x = torch.randint(0, model.config.vocab_size, (a.batch, a.seq_len), device="cuda")
-
-
-step = bench._train_step_fn(model, x, "bf16", torch.device("cuda"))
+step = train_step(model, x, device=dev, precision="bf16")
 for _ in range(2):
     step()
 torch.cuda.synchronize()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, in priority order, each step time-boxed so a slow or failing step
 # cannot starve the next: CUDA tests (Triton kernel vs reference), training throughput HAMT vs GPT-2
-# (bf16, eager), memory-scan kernel vs its bandwidth floor, decoding vs context, the trainer's own
-# throughput (optimiser included), a short real 100m training run on Tiny Shakespeare, torch.compile.
+# (bf16, eager), memory-scan kernel vs its bandwidth floor, decoding vs context, the trainer's own step
+# (`hamt bench model --optimizer`: AdamW included), a short real 100m training run on Tiny Shakespeare,
+# torch.compile.
 #
 #   OUT=results/gpu DATA=/path/with/text/and/gpt2-tokenizer bash scripts/gpu_session.sh
 #
@@ -34,8 +35,7 @@ step gpu-tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops/tes
 step model-eager 120 hamt bench model $B "$WORK/eager" --seq-lens 512 1024 2048 4096 8192 --repeats 5
 step memory 60 hamt bench memory $B "$WORK/memory" --memory-seq-len 1024 --memory-batch 16 --repeats 5
 step decode 60 hamt bench decode $B "$WORK/decode" --decode-steps 32
-step trainer 60 python3 -m hamt.bench_train --profiles 100m --precisions bf16 --device cuda --shape 100m=32x1024 \
-    --reps 2 --steps 5 --out "$WORK/bench_train.json"
+step trainer 60 hamt bench model $B "$WORK/trainer" --optimizer --seq-lens 1024 --tokens-per-step 32768 --repeats 5
 if [ -n "$DATA" ]; then
   mkdir -p "$WORK/run" && cp params.yaml "$WORK/run/" && (
     cd "$WORK/run" && export HAMT_DATA_DIR="$DATA/text"

@@ -5,7 +5,7 @@
 1. The memory scan alone (forward + backward) at the preset's head shape for every (block_f, chunk)
    pair: median ms of 5, after a warm-up that compiles each variant.
 2. Training forward + backward tokens/s of HAMT with the default and with the fastest pair (patched
-   into hamt.kernels.triton_memory for this process), and of the matched GPT-2, at T = 1024 and 8192
+   into hamt.ops.triton for this process), and of the matched GPT-2, at T = 1024 and 8192
    (65,536 tokens per step, bf16), alternating, median of 5.
 """
 import argparse
@@ -14,8 +14,10 @@ import statistics
 
 import torch
 
-from hamt import bench
+from hamt.bench.memory import copy_bandwidth, memory_inputs, memory_io_bytes, memory_step_fns
+from hamt.bench.model import build_models
 from hamt.config import HAMTConfig
+from hamt.metrics.systems import timed, train_throughput
 from hamt.ops import triton as tm
 
 ap = argparse.ArgumentParser()
@@ -31,15 +33,15 @@ a = ap.parse_args()
 dev = torch.device(a.device)
 cfg = HAMTConfig.from_preset(a.preset)
 H, S, F = cfg.num_attention_heads, cfg.num_slots, cfg.num_freqs
-inp = bench.memory_inputs(a.batch, a.seq_len, H, S, F, dev)
+inp = memory_inputs(a.batch, a.seq_len, H, S, F, dev)
 
 
 def fwd_bwd_fn(block_f, chunk):
     scan = functools.partial(tm.memory_triton, chunk_size=chunk, block_f=block_f)
-    return bench.memory_step_fns(inp, "triton", dev, scan=scan)[1]
+    return memory_step_fns(inp, "triton", dev, scan=scan)[1]
 
 
-floor = bench.memory_io_bytes(a.batch, a.seq_len, H, S, F)["total"] / bench.copy_bandwidth(dev)
+floor = memory_io_bytes(a.batch, a.seq_len, H, S, F)["total"] / copy_bandwidth(dev)
 print(f"memory scan B={a.batch} T={a.seq_len} H={H} S={S} F={F}; floor {1e3 * floor:.3f} ms (fwd+bwd)")
 print("| block_f | chunk | fwd+bwd ms | x floor |\n|---|---|---|---|")
 res = {}
@@ -48,7 +50,7 @@ for bf in a.block_f:
         try:
             step = fwd_bwd_fn(bf, ch)
             step()  # compiles this variant
-            ms = 1e3 * statistics.median(bench._time(step, dev) for _ in range(5))
+            ms = 1e3 * statistics.median(timed(step, dev) for _ in range(5))
         except Exception as e:  # noqa: BLE001 - a variant that does not fit (registers, shared memory)
             print(f"| {bf} | {ch} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | |")
             continue
@@ -59,23 +61,33 @@ default = (None, tm.DEFAULT_CHUNK_SIZE)
 print(f"fastest: block_f={best[0]} chunk={best[1]} ({res[best]:.2f} ms)")
 
 orig = tm.memory_triton
+
+
+def _tuned(fn, chunk: int, block_f: int):
+    """``fn`` at a fixed launch shape: the dispatcher passes the model's chunk_size, which this overrides."""
+    def run(*args, **kwargs):
+        kwargs.update(chunk_size=chunk, block_f=block_f)
+        return fn(*args, **kwargs)
+    return run
+
+
 variants = {"hamt (default)": orig, f"hamt (block_f={best[0]}, chunk={best[1]})":
-            functools.partial(orig, chunk_size=best[1], block_f=best[0])}
+            _tuned(orig, chunk=best[1], block_f=best[0])}
 print("\n| T | model | tok/s |\n|---|---|---|")
 for T in a.model_seq_lens:
-    models = bench._build_models(cfg, T, dev)
-    x = torch.randint(0, cfg.vocab_size, (max(1, a.tokens_per_step // T), T), device=dev)
-    steps = {k: bench._train_step_fn(m, x, "bf16", dev) for k, m in models.items()}
+    models = build_models(cfg, T, dev)
+    B = max(1, a.tokens_per_step // T)
     runs = {name: ("hamt", fn) for name, fn in variants.items()} | {"gpt2": ("gpt2", None)}
-    times = {k: [] for k in runs}
+    tok_s = {k: [] for k in runs}
     for i in range(6):
         for name, (m, fn) in runs.items():
             if fn is not None:
                 tm.memory_triton = fn
-            t = bench._time(steps[m], dev)
+            r = train_throughput(models[m], B, T, device=dev, steps=1, warmup=0, precision="bf16", optimizer=False,
+                                 copy_model=False)  # the step hamt bench model times
             if i:  # the first round warms up
-                times[name].append(t)
+                tok_s[name].append(r["tokens_per_s"])
     tm.memory_triton = orig
     for name in runs:
-        print(f"| {T} | {name} | {x.numel() / statistics.median(times[name]):,.0f} |", flush=True)
-    del models, steps
+        print(f"| {T} | {name} | {statistics.median(tok_s[name]):,.0f} |", flush=True)
+    del models

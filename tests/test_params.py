@@ -26,16 +26,18 @@ def _field_defaults(cls) -> dict:
     return out
 
 
-def _compare(cls, yaml_section: dict, where: str) -> list[str]:
+def _compare(cls, yaml_section: dict, where: str, defaults: dict | None = None) -> list[str]:
+    """Problems of ``cls``'s defaults (or of ``defaults``, a nested default instance's values) vs params.yaml."""
     problems = []
-    for name, default in _field_defaults(cls).items():
+    for name, default in (defaults or _field_defaults(cls)).items():
         key = f"{where}.{name}"
         if name not in yaml_section:
             problems.append(f"{key}: in {cls.__name__} but not in params.yaml")
             continue
         value = yaml_section[name]
         if dataclasses.is_dataclass(default):
-            problems += _compare(type(default), value, key)
+            nested = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+            problems += _compare(type(default), value, key, nested)
         elif default is not dataclasses.MISSING and default != value:
             problems.append(f"{key}: dataclass default {default!r} != params.yaml {value!r}")
     return problems

@@ -146,6 +146,7 @@ def mfu(tokens_per_s: float, flops_per_token_total: float, peak: float | None) -
         return None
     return tokens_per_s * flops_per_token_total / peak
 
+
 def _rss_peak_bytes() -> tuple[int, str]:
     """Peak RSS of this process: VmHWM (resettable) when /proc has it, else getrusage's ru_maxrss."""
     try:
@@ -184,19 +185,27 @@ def _reset_rss_peak() -> bool:
 
 
 class PeakMemory:
-    """Context manager measuring peak memory inside its block.
+    """Context manager measuring peak memory inside its block: THE peak-memory definition.
 
-    CUDA: the caching allocator's ``max_memory_allocated`` (tensors only), reset on entry.
-    CPU: the process's peak resident set size (includes the interpreter and libraries); reset on
-    entry where Linux allows it, otherwise the high-water mark since the process started — ``source``
-    says which (``cuda_allocator``, ``rss_reset``, ``rss_since_start``).
+    CUDA (any ``how``): the caching allocator's ``max_memory_allocated`` (tensors only), reset on entry.
+    CPU, ``how="rss"`` (the default; cheap, readable inside a long block, as the trainer does): the
+    process's peak resident set size (includes the interpreter and libraries); reset on entry where
+    Linux allows it, otherwise the high-water mark since the process started.
+    CPU, ``how="allocator"``: the running total of tensor allocations that torch's profiler records
+    over the block ("Total Allocated"), so freed-but-cached heap memory and the process's other memory
+    do not blur it (what ``hamt bench`` reports); counted from zero at entry (base 0) and read at exit.
+    ``source`` says which: ``cuda_allocator``, ``rss_reset``, ``rss_since_start``, ``cpu_allocator``.
     """
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", how: str = "rss"):
+        if how not in ("rss", "allocator"):
+            raise ValueError(f"PeakMemory: how must be 'rss' or 'allocator', got {how!r}")
         self.device = torch.device(device)
+        self.how = how
         self.peak_bytes = 0
         self.base_bytes = 0
         self.source = ""
+        self._prof = None
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -204,20 +213,32 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base_bytes = int(torch.cuda.memory_allocated(self.device))
             self.source = "cuda_allocator"
+        elif self.how == "allocator":
+            from torch.profiler import ProfilerActivity, profile
+
+            self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._prof.__enter__()
+            self.source = "cpu_allocator"
         else:
             self.source = "rss_reset" if _reset_rss_peak() else "rss_since_start"
             self.base_bytes = _rss_bytes()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._prof is not None:
+            self._prof.__exit__(*exc)
+            self.peak_bytes = _profiler_peak_bytes(self._prof)
+            self._prof = None
+            return
         self.read()
 
     def read(self) -> int:
-        """The peak so far (bytes), also stored in ``peak_bytes``: a long run reads it while inside the block."""
+        """The peak so far (bytes), also stored in ``peak_bytes``: a long run reads it while inside the block
+        (the CPU allocator peak is known only at exit: inside the block this returns the last value)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
-        else:
+        elif self.how == "rss":
             self.peak_bytes = _rss_peak_bytes()[0]
         return self.peak_bytes
 
@@ -231,8 +252,37 @@ class PeakMemory:
         return max(0, self.peak_bytes - self.base_bytes) / 2**20
 
 
+def _profiler_peak_bytes(prof) -> int:
+    """The highest running total of allocations ("[memory]" events, in time order) of a finished profile."""
+    import json
+    import tempfile
+    from pathlib import Path
 
-def _random_ids(batch: int, seq_len: int, vocab: int, device, seed: int = 0) -> torch.Tensor:
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    return int(max([0, *(e["args"]["Total Allocated"] for e in mem)]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Throughput: one timer, one training step, one training and one inference measurement
+# --------------------------------------------------------------------------------------------------
+
+
+def timed(fn, device) -> float:
+    """Seconds of one call of ``fn``, with the device's queue drained before and after."""
+    device = torch.device(device)
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def random_ids(batch: int, seq_len: int, vocab: int, device, seed: int = 0) -> torch.Tensor:
+    """Token ids of shape (batch, seq_len): throughput does not depend on the ids."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, seq_len), generator=g).to(device)
 
@@ -241,52 +291,79 @@ def _vocab(model) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-@torch.no_grad()
-def inference_throughput(model, batch: int, seq_len: int, *, device="cpu", steps: int = 3, warmup: int = 1) -> dict:
-    """Forward-only tokens/s and peak memory on random tokens of shape (batch, seq_len)."""
+def probe_optimizer(model, device, lr: float = 1e-4) -> torch.optim.Optimizer:
+    """AdamW as the trainer runs it (fused on CUDA): the optimiser part of a measured training step."""
+    extra = {"fused": True} if torch.device(device).type == "cuda" else {}
+    return torch.optim.AdamW(model.parameters(), lr=lr, **extra)
+
+
+def train_step(model, x: torch.Tensor, *, device, precision: str = "fp32", optimizer=None, grad_clip: float = 0.0):
+    """A closure running one training step on the ids ``x`` (B, T): forward + backward under the
+    precision's autocast, then (with ``optimizer``) gradient clipping and the optimiser step.
+
+    Without an optimiser it measures the model alone (``hamt bench model``'s default); with one it is
+    the trainer's step (what ``metrics.json``'s tokens/s times). Gradients are dropped after each step.
+    """
+    from hamt.runtime import autocast_context
+
     device = torch.device(device)
-    model.eval()
-    x = _random_ids(batch, seq_len, _vocab(model), device)
-    for _ in range(warmup):
-        model(input_ids=x, use_cache=False).logits
-    with PeakMemory(device) as mem:
-        synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            model(input_ids=x, use_cache=False).logits
-        synchronize(device)
-        dt = time.perf_counter() - t0
-    return {"tokens_per_s": batch * seq_len * steps / dt, "peak_mem_mb": mem.peak_mb, "mem_delta_mb": mem.delta_mb,
-            "mem_source": mem.source, "batch": batch, "seq_len": seq_len}
+
+    def step() -> None:
+        with autocast_context(device, precision):
+            out = model(input_ids=x, labels=x, use_cache=False)
+        out.loss.backward()  # what the trainer optimises (HAMT: LM loss + auxiliary loss when enabled)
+        if optimizer is not None:
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
+
+    return step
 
 
 def train_throughput(model, batch: int, seq_len: int, *, device="cpu", steps: int = 3, warmup: int = 1,
-                     lr: float = 1e-4) -> dict:
-    """Training tokens/s (forward + backward + AdamW step) and peak memory, on a copy of ``model``.
+                     lr: float = 1e-4, precision: str = "fp32", optimizer=True, grad_clip: float = 0.0,
+                     memory: str = "rss", copy_model: bool = True) -> dict:
+    """Training tokens/s (forward + backward [+ optimiser step]) and peak memory over ``steps`` steps of
+    random tokens (batch, seq_len), after ``warmup`` untimed ones: THE training-throughput measurement.
 
-    The copy keeps the evaluated weights untouched; random tokens make the number independent of data.
+    ``optimizer``: True (a fresh AdamW, the trainer's step), False (forward + backward only: the model
+    alone), or an optimiser of ``model`` kept by the caller. ``copy_model`` measures a copy, so the
+    evaluated weights stay untouched (compare); ``hamt bench`` passes False and its own optimiser so that
+    repeated calls, alternating two models, continue one run. ``memory`` is ``PeakMemory``'s ``how``
+    (``allocator`` on a CPU runs the profiler, which slows the timed steps: measure memory and time apart).
     """
     device = torch.device(device)
-    probe = copy.deepcopy(model).to(device).train()
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr)
-    x = _random_ids(batch, seq_len, _vocab(probe), device, seed=1)
-
-    def step() -> None:
-        out = probe(input_ids=x, labels=x, use_cache=False)
-        out.loss.backward()  # what the trainer optimises (HAMT: LM loss + auxiliary loss when enabled)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    probe = copy.deepcopy(model).to(device).train() if copy_model else model.train()
+    opt = probe_optimizer(probe, device, lr) if optimizer is True else (optimizer or None)
+    x = random_ids(batch, seq_len, _vocab(probe), device, seed=1)
+    step = train_step(probe, x, device=device, precision=precision, optimizer=opt, grad_clip=grad_clip)
     for _ in range(warmup):
         step()
-    with PeakMemory(device) as mem:
-        synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        synchronize(device)
-        dt = time.perf_counter() - t0
+    with PeakMemory(device, memory) as mem:
+        dt = timed(lambda: [step() for _ in range(steps)], device)
     del probe, opt
+    return {"tokens_per_s": batch * seq_len * steps / dt, "step_s": dt / steps, "peak_mem_mb": mem.peak_mb,
+            "mem_delta_mb": mem.delta_mb, "mem_source": mem.source, "batch": batch, "seq_len": seq_len}
+
+
+@torch.no_grad()
+def inference_throughput(model, batch: int, seq_len: int, *, device="cpu", steps: int = 3, warmup: int = 1,
+                         memory: str = "rss") -> dict:
+    """Forward-only tokens/s and peak memory on random tokens of shape (batch, seq_len)."""
+    device = torch.device(device)
+    model.eval()
+    x = random_ids(batch, seq_len, _vocab(model), device)
+
+    def forward() -> None:
+        model(input_ids=x, use_cache=False).logits
+
+    for _ in range(warmup):
+        forward()
+    with PeakMemory(device, memory) as mem:
+        dt = timed(lambda: [forward() for _ in range(steps)], device)
     return {"tokens_per_s": batch * seq_len * steps / dt, "peak_mem_mb": mem.peak_mb, "mem_delta_mb": mem.delta_mb,
             "mem_source": mem.source, "batch": batch, "seq_len": seq_len}
 
@@ -352,7 +429,7 @@ def decode_profile(model, contexts: Sequence[int], *, new_tokens: int = 16, devi
             rows.append({"context": c, "status": "skipped",
                          "reason": f"context {c} + {new_tokens} new tokens exceeds the model's {limit} positions"})
             continue
-        x = _random_ids(1, c, _vocab(model), device, seed=seed)
+        x = random_ids(1, c, _vocab(model), device, seed=seed)
         with PeakMemory(device) as mem:
             out = model(input_ids=x, use_cache=True)
             cache = out.cache

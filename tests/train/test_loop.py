@@ -126,12 +126,3 @@ def test_cuda_on_a_cpu_machine_is_a_one_line_config_error(tokens_dir, tmp_path):
 def test_batch_geometry_errors(tokens_dir, tmp_path):
     with pytest.raises(ConfigError, match="multiple of train.micro_batch_size"):
         micro(tokens_dir, tmp_path, "train.micro_batch_size=3")
-
-
-def test_bench_train_prints_a_table(capsys):
-    from hamt.bench_train import main
-
-    assert main(["--profiles", "micro", "--reps", "1", "--steps", "1", "--warmup", "0", "--precisions", "fp32",
-                 "--params", str(ROOT / "params.yaml"), "--device", "cpu"]) == 0
-    table = capsys.readouterr().out
-    assert "| micro | HAMT |" in table and "| micro | GPT-2 (matched) |" in table
