@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from hamt.metrics import recall
 from hamt.errors import ConfigError
+from hamt.metrics import recall
 
 
 class Oracle(nn.Module):
