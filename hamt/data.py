@@ -1,11 +1,17 @@
 """Raw text in, token windows out: the ``download`` stage and the loaders over tokenized splits.
 
 ``download(params)`` writes ``params.data.raw_dir/{train,valid,test}.txt`` and ``manifest.json``
-(bytes, lines, words and sha256 per split, and where the text came from). The text comes from the
-Hugging Face hub (``Salesforce/wikitext``, config ``params.data.dataset``) or from a local folder or
-file (``data.source: local`` + ``data.local_path``, or the environment variable ``HAMT_DATA_DIR``,
-which wins). A local source that lacks some splits is cut by line into contiguous parts
-(``data.split_fractions``), so WikiText-2's valid file or Tiny Shakespeare alone can serve offline.
+(bytes, lines, words and sha256 per split, and where the text came from). ``data.source`` says where:
+
+- ``local``: a local folder or file (``data.local_path``, or the environment variable ``HAMT_DATA_DIR``,
+  which wins). A local source that lacks some splits is cut by line into contiguous parts
+  (``data.split_fractions``), so WikiText-2's valid file or Tiny Shakespeare alone can serve offline;
+- ``hub``: the Hugging Face hub (``Salesforce/wikitext``, config ``params.data.dataset``);
+- ``synthetic``: the project's own generated language (``hamt/synthetic.py``, ``data.synthetic``),
+  whose exact entropy floor goes to ``floor.json`` and the manifest;
+- ``auto`` (the default): local if ``HAMT_DATA_DIR`` or ``data.local_path`` is set, else the hub if it
+  answers within ``HUB_PROBE_TIMEOUT_S``, else the synthetic corpus, with one line on stderr saying
+  how to get WikiText. ``corpus_description(manifest)`` names what was used in one line.
 
 The loaders read what ``hamt tokenize`` wrote (``hamt/tokenize.py``): ``read_meta`` / ``load_split``
 check the memmapped ids against ``meta.json`` before use, ``RandomWindows`` draws training batches
@@ -20,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -36,6 +43,7 @@ HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 # Seconds to wait for the hub before declaring it unreachable (datasets itself retries for minutes).
 HUB_PROBE_TIMEOUT_S = 5.0
 MANIFEST = "manifest.json"
+FLOOR = "floor.json"
 META = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -55,6 +63,8 @@ KNOWN_SHA256 = {
 }
 
 _OFFLINE_FIX = "--set data.source=local --set data.local_path=DIR or HAMT_DATA_DIR=DIR"
+_WIKITEXT_HOWTO = ("for WikiText-2 use --set data.source=hub with network, "
+                   "or a local copy: HAMT_DATA_DIR=DIR or --set data.local_path=DIR")
 
 
 def _env_true(name: str) -> bool:
@@ -237,7 +247,8 @@ def _carve(donor: Path, splits: list[str], bounds: list[int], out: Path) -> dict
 
 
 def _offline_error(dataset: str, why: str) -> DataError:
-    return DataError(f"cannot download {HUB_REPO} ({dataset}): {why}; use a local copy: {_OFFLINE_FIX}")
+    return DataError(f"cannot download {HUB_REPO} ({dataset}): {why}; use a local copy: {_OFFLINE_FIX}, "
+                     "or the generated corpus: --set data.source=synthetic")
 
 
 def _load_hub(dataset: str):
@@ -288,17 +299,59 @@ def _write_hub(dataset: str, out: Path) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _write_synthetic(settings, out: Path) -> tuple[dict, dict]:
+    """Generate the synthetic splits into ``out``; return (per-split stats, source description with the floor)."""
+    from hamt import synthetic
+
+    texts, floor = synthetic.generate_corpus(settings)
+    stats = {}
+    for i, split in enumerate(SPLITS):
+        w = _SplitWriter(out / f"{split}.txt")
+        try:
+            for line in texts[split].splitlines(keepends=True):
+                w.write_line(line.encode("utf-8"), line)
+        finally:
+            w.f.close()
+        stats[split] = w.close(f"{floor['generator']} v{floor['version']} seed {settings.seed} stream {i}")
+    write_json_atomic(out / FLOOR, floor)
+    source = {"kind": "synthetic", "generator": floor["generator"], "version": floor["version"],
+              "settings": floor["settings"], "floor_file": FLOOR,
+              "floor": {"entropy_rate": floor["entropy_rate"], "splits": floor["splits"]}}
+    return stats, source
+
+
 def resolve_source(params) -> tuple[str, Path | None, str]:
-    """(source, local path, how it was chosen): ``HAMT_DATA_DIR`` overrides params and implies local."""
-    env = os.environ.get("HAMT_DATA_DIR", "").strip()
-    if env:
-        return "local", Path(env).expanduser(), "HAMT_DATA_DIR"
+    """(source, local path, how it was chosen), probing the hub for ``auto``.
+
+    ``HAMT_DATA_DIR`` overrides params for ``auto`` and ``local``; ``hub`` and ``synthetic`` are forced.
+    For ``auto`` without local data, "how it was chosen" is ``auto: <why the hub is not used>`` when it
+    falls back to the synthetic corpus.
+    """
     d = params.data
+    env = os.environ.get("HAMT_DATA_DIR", "").strip()
+    if env and d.source in ("auto", "local"):
+        return "local", Path(env).expanduser(), "HAMT_DATA_DIR"
+    if env:
+        print(f"hamt download: HAMT_DATA_DIR is ignored because data.source is '{d.source}'", file=sys.stderr, flush=True)
     if d.source == "local":
         if not d.local_path:
             raise DataError(f"data.source is 'local' but data.local_path is not set; {_OFFLINE_FIX}")
         return "local", Path(d.local_path).expanduser(), "data.local_path"
-    return "hub", None, "data.source"
+    if d.source in ("hub", "synthetic"):
+        return d.source, None, "data.source"
+    if d.local_path:
+        return "local", Path(d.local_path).expanduser(), "data.local_path"
+    offline = hub_offline_setting()
+    why = f"{offline}=1 is set" if offline else probe_hub()
+    if why is None:
+        return "hub", None, "auto"
+    return "synthetic", None, f"auto: {why}"
+
+
+def _note_synthetic(why: str, source: dict) -> None:
+    """The one stderr line of an ``auto`` run that fell back to the synthetic corpus."""
+    print(f"hamt download: the Hugging Face hub is not used ({why}); using the generated "
+          f"{corpus_description({'source': source})}; {_WIKITEXT_HOWTO}", file=sys.stderr, flush=True)
 
 
 def download(params) -> dict:
@@ -306,13 +359,22 @@ def download(params) -> dict:
     source, local, chosen_by = resolve_source(params)
     raw_dir = Path(params.data.raw_dir)
     with atomic_dir(raw_dir) as tmp:
+        if source == "hub":
+            try:
+                splits, desc = _write_hub(params.data.dataset, tmp)
+            except DataError as e:
+                if chosen_by != "auto":
+                    raise
+                source, chosen_by = "synthetic", f"auto: {e}"  # the hub answered the probe, then failed
         if source == "local":
             splits, desc = _write_local(local, list(params.data.split_fractions), tmp)
-            desc["chosen_by"] = chosen_by
-        else:
-            splits, desc = _write_hub(params.data.dataset, tmp)
+        elif source == "synthetic":
+            splits, desc = _write_synthetic(params.data.synthetic, tmp)
+        desc["chosen_by"] = chosen_by
         manifest = {"source": desc, "splits": splits}
         write_json_atomic(tmp / MANIFEST, manifest)
+    if source == "synthetic" and chosen_by.startswith("auto: "):
+        _note_synthetic(chosen_by[len("auto: "):], desc)
     return manifest
 
 
@@ -323,14 +385,64 @@ def read_manifest(raw_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _source_of(manifest_or_source: dict) -> dict:
+    """The ``source`` entry of a manifest, or the entry itself (``meta.json``'s ``raw_source``)."""
+    src = manifest_or_source.get("source", manifest_or_source) if manifest_or_source else {}
+    return src if isinstance(src, dict) else {}
+
+
+def _wikitext_name(dataset: str) -> str:
+    return {"wikitext-2": "WikiText-2", "wikitext-103": "WikiText-103"}.get("-".join(dataset.split("-")[:2]), dataset)
+
+
+def corpus_description(manifest: dict) -> str:
+    """One line naming the data a manifest describes (a manifest, or its ``source`` entry).
+
+    E.g. "synthetic corpus (seed 0, entropy floor 0.590 bits/byte)", "WikiText-2 (hub)",
+    "local text /data/wiki (WikiText-2 raw train, ...)".
+    """
+    src = _source_of(manifest)
+    kind = src.get("kind")
+    if kind == "synthetic":
+        rate = src["floor"]["entropy_rate"]["bits_per_byte"]
+        return f"synthetic corpus (seed {src['settings']['seed']}, entropy floor {rate:.3f} bits/byte)"
+    if kind == "hub":
+        return f"{_wikitext_name(src.get('dataset', ''))} (hub)"
+    if kind == "local":
+        known = sorted({s["identified_as"] for s in manifest.get("splits", {}).values() if "identified_as" in s})
+        return f"local text {src.get('path')}" + (f" ({'; '.join(known)})" if known else "")
+    return "unknown corpus"
+
+
+def corpus_floor(manifest: dict, split: str = "test") -> dict | None:
+    """The true floor of a split of the synthetic corpus, None for other data.
+
+    ``bits_per_byte`` and ``nats_per_word`` are the realised floor of that split's very text (what a
+    model's bpb and log word perplexity on the whole split compare with); ``rate_bits_per_byte`` and
+    ``rate_nats_per_word`` are the source's entropy rate, and ``recall_blind_bits_per_byte`` the rate
+    of a model perfect at all but recall.
+    """
+    src = _source_of(manifest)
+    if src.get("kind") != "synthetic":
+        return None
+    rate, s = src["floor"]["entropy_rate"], src["floor"]["splits"][split]
+    return {"split": split, "bits_per_byte": s["bits_per_byte"], "nats_per_word": s["nats_per_word"],
+            "rate_bits_per_byte": rate["bits_per_byte"], "rate_nats_per_word": rate["nats_per_word"],
+            "recall_blind_bits_per_byte": rate["recall_blind_bits_per_byte"]}
+
+
 def cli_download(params, args) -> int:
     manifest = download(params)
     src = manifest["source"]
-    where = f"{src['repo']} ({src['dataset']})" if src["kind"] == "hub" else f"{src['path']} [{src['layout']}]"
-    print(f"downloaded {where} -> {params.data.raw_dir}")
+    where = {"hub": lambda: f"{src['repo']} ({src['dataset']})", "local": lambda: f"{src['path']} [{src['layout']}]",
+             "synthetic": lambda: f"{src['generator']} v{src['version']}"}[src["kind"]]()
+    print(f"downloaded {corpus_description(manifest)}: {where} -> {params.data.raw_dir}")
     for split, s in manifest["splits"].items():
         known = f"  = {s['identified_as']}" if "identified_as" in s else ""
         print(f"  {split:5s} {s['bytes']:>12,} bytes {s['lines']:>9,} lines {s['words']:>11,} words  {s['origin']}{known}")
+    if src["kind"] == "synthetic":
+        floors = ", ".join(f"{k} {v['bits_per_byte']:.4f}" for k, v in src["floor"]["splits"].items())
+        print(f"  floor (bits/byte, exact -log p of each split's text): {floors}; see {params.data.raw_dir}/{FLOOR}")
     return 0
 
 

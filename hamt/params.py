@@ -38,19 +38,66 @@ from hamt.typed import require as _require
 
 
 @dataclass
+class SyntheticParams:
+    """The generated corpus (``data.source: synthetic``, or ``auto`` without the hub; see hamt/synthetic.py)."""
+
+    # random seed of the language (lexicon, chain) and of the text
+    seed: int = 0
+    # words per split (whitespace-separated, as bpb/word ppl count them); each split ends at the first line end past it
+    train_words: int = 340000
+    valid_words: int = 34000
+    test_words: int = 34000
+    # size of the word vocabulary (Zipfian: the frequent words are the short ones)
+    vocab_words: int = 2000
+    # possible next words per context (the chain's sparsity)
+    successors: int = 16
+    # Zipf exponent of the unigram and of the successor weights
+    zipf: float = 1.1
+    # fraction of the words whose next-word weights also depend on the word before (order 2)
+    order2_fraction: float = 0.3
+    # mean sentence length in words (a sentence ends after each word with probability 1/sentence_words)
+    sentence_words: float = 10.0
+    # distinct keys of the recall spans ("key = value ;" ... "key -> value ;")
+    keys: int = 512
+    # distinct values of the recall spans
+    values: int = 1024
+    # a query asks for one of this many most recently bound distinct keys
+    recall_slots: int = 4
+    # probability that a line is a binding "key = value ;"
+    bind_prob: float = 0.15
+    # probability that a line is a query "key -> value ;" (its value is the one bound last to the key)
+    query_prob: float = 0.2
+
+    def validate(self) -> None:
+        p = "data.synthetic."
+        for k in ("train_words", "valid_words", "test_words", "keys", "values"):
+            _require(getattr(self, k) >= 1, f"{p}{k}: must be >= 1, got {getattr(self, k)}")
+        _require(self.vocab_words >= 2, f"{p}vocab_words: must be >= 2")
+        _require(1 <= self.successors <= self.vocab_words, f"{p}successors: must be in [1, vocab_words]")
+        _require(self.zipf >= 0, f"{p}zipf: must be >= 0")
+        _require(0 <= self.order2_fraction <= 1, f"{p}order2_fraction: must be in [0, 1]")
+        _require(self.sentence_words > 1, f"{p}sentence_words: must be > 1")
+        _require(1 <= self.recall_slots <= self.keys, f"{p}recall_slots: must be in [1, keys]")
+        _require(self.bind_prob > 0 and self.query_prob >= 0 and self.bind_prob + self.query_prob < 1,
+                 f"{p}bind_prob, query_prob: need bind_prob > 0, query_prob >= 0 and bind_prob + query_prob < 1")
+
+
+@dataclass
 class DataParams:
     """Where the raw text comes from and where it goes (stage ``download``)."""
 
-    # "hub" (Hugging Face datasets) or "local" (a folder or a single text file)
-    source: typing.Literal["hub", "local"] = "hub"
+    # "auto" (local if HAMT_DATA_DIR/local_path is set, else the hub if it answers, else synthetic), "hub", "local", "synthetic"
+    source: typing.Literal["auto", "hub", "local", "synthetic"] = "auto"
     # dataset name on the hub, e.g. wikitext-2-raw-v1 or wikitext-103-raw-v1
     dataset: str = "wikitext-2-raw-v1"
-    # local folder or file; used when source is "local" (env HAMT_DATA_DIR overrides it)
+    # local folder or file; used when source is "local" or "auto" (env HAMT_DATA_DIR overrides it)
     local_path: str | None = None
     # train/valid/test fractions used to split a single local text file
     split_fractions: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05])
     # output folder of the download stage
     raw_dir: str = "data/raw"
+    # the generated corpus
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
 
     def validate(self) -> None:
         _require(len(self.split_fractions) == 3, "data.split_fractions: needs three numbers (train, valid, test)")

@@ -86,15 +86,20 @@ def test_partial_folder_keeps_present_splits_and_carves_the_rest(tmp_path):
     assert manifest["splits"]["train"]["lines"] == round(n * 0.9 / 0.95)
 
 
-def test_folder_with_one_text_file_and_env_override(tmp_path, monkeypatch):
+@pytest.mark.parametrize("source", ["auto", "local"])
+def test_folder_with_one_text_file_and_env_override(tmp_path, monkeypatch, source):
     src = tmp_path / "shakespeare"
     src.mkdir()
     (src / "input.txt").write_text(make_corpus(300), encoding="utf-8")
     monkeypatch.setenv("HAMT_DATA_DIR", str(src))
-    manifest = data.download(make_params(tmp_path, source="hub"))  # the env var wins over source: hub
+    # the env var wins over data.local_path and over auto's hub probe (which must not run)
+    monkeypatch.setattr(data, "probe_hub", lambda *a, **k: pytest.fail("auto with HAMT_DATA_DIR must not probe the hub"))
+    manifest = data.download(make_params(tmp_path, source=source, local_path=str(tmp_path / "elsewhere")))
     assert manifest["source"]["chosen_by"] == "HAMT_DATA_DIR"
     assert manifest["source"]["layout"].endswith("input.txt")
     assert sum(manifest["splits"][s]["bytes"] for s in data.SPLITS) == (src / "input.txt").stat().st_size
+    assert data.corpus_description(manifest) == f"local text {src}"
+    assert data.corpus_floor(manifest) is None
 
 
 @pytest.mark.parametrize(
@@ -156,6 +161,7 @@ def test_offline_hub_fails_fast_with_the_setting_to_use(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg
     assert "data.source=local" in msg and "data.local_path=DIR" in msg and "HAMT_DATA_DIR" in msg
+    assert "data.source=synthetic" in msg  # forced hub never falls back, but says how to
     assert "HF_HUB_OFFLINE" in msg
     assert not (tmp_path / "raw").exists()
 
@@ -191,7 +197,137 @@ def test_hub_rows_become_the_original_lines(tmp_path, monkeypatch):
     train = (tmp_path / "raw" / "train.txt").read_text(encoding="utf-8")
     assert train == " \n = Title = \n \n Some text here .\n \n"
     assert manifest["splits"]["train"]["lines"] == 5 and manifest["splits"]["train"]["words"] == 7
-    assert manifest["source"] == {"kind": "hub", "repo": "Salesforce/wikitext", "dataset": "wikitext-103-raw-v1"}
+    assert manifest["source"] == {"kind": "hub", "repo": "Salesforce/wikitext", "dataset": "wikitext-103-raw-v1",
+                                  "chosen_by": "data.source"}
+    assert data.corpus_description(manifest) == "WikiText-103 (hub)"
+
+
+# --------------------------------------------------------------------------------------------------
+# The synthetic corpus and data.source: auto
+# --------------------------------------------------------------------------------------------------
+
+SMALL = {"train_words": 3000, "valid_words": 600, "test_words": 600, "vocab_words": 200}
+
+
+def fake_hub(monkeypatch, probe=None, fail: Exception | None = None) -> list:
+    """An online environment whose hub probe returns ``probe`` and whose datasets serves tiny WikiText rows."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(data, "probe_hub", lambda *a, **k: probe)
+    calls = []
+
+    def load_dataset(repo, config):
+        calls.append((repo, config))
+        if fail is not None:
+            raise fail
+        rows = [" = Title = \n", " Some text here .\n"]
+        return {"train": {"text": rows}, "validation": {"text": rows}, "test": {"text": rows}}
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    return calls
+
+
+def test_forced_synthetic_writes_the_corpus_and_its_floor(tmp_path, monkeypatch, capsys):
+    from hamt import synthetic
+
+    monkeypatch.setenv("HAMT_DATA_DIR", str(tmp_path / "ignored"))  # forced synthetic wins over the env var
+    params = make_params(tmp_path, source="synthetic", synthetic=SMALL)
+    manifest = data.download(params)
+    assert "HAMT_DATA_DIR is ignored" in capsys.readouterr().err
+    src, raw = manifest["source"], tmp_path / "raw"
+    assert src["kind"] == "synthetic" and src["chosen_by"] == "data.source" and src["settings"]["vocab_words"] == 200
+    texts, floor = synthetic.generate_corpus(params.data.synthetic)
+    assert json.loads((raw / data.FLOOR).read_text()) == floor  # floor.json: the same numbers as the manifest
+    assert src["floor"] == {"entropy_rate": floor["entropy_rate"], "splits": floor["splits"]}
+    for split in data.SPLITS:
+        out = (raw / f"{split}.txt").read_bytes()
+        assert out == texts[split].encode()
+        s, f = manifest["splits"][split], floor["splits"][split]
+        assert s["bytes"] == f["bytes"] == len(out) and s["words"] == f["words"] == len(out.split())
+        assert s["sha256"] == sha(out) and s["words"] >= SMALL[f"{split}_words"]
+    rate = src["floor"]["entropy_rate"]["bits_per_byte"]
+    assert data.corpus_description(manifest) == f"synthetic corpus (seed 0, entropy floor {rate:.3f} bits/byte)"
+    assert data.corpus_description(src) == data.corpus_description(manifest)  # meta.json's raw_source works too
+    fl = data.corpus_floor(manifest, "valid")
+    assert fl["bits_per_byte"] == floor["splits"]["valid"]["bits_per_byte"] and fl["rate_bits_per_byte"] == rate
+    assert fl["recall_blind_bits_per_byte"] > rate
+    again = data.download(params)  # deterministic: the same manifest, byte for byte
+    assert json.dumps(again, sort_keys=True) == json.dumps(manifest, sort_keys=True)
+
+
+def test_auto_offline_uses_the_synthetic_corpus_and_says_how_to_get_wikitext(tmp_path, monkeypatch, capsys):
+    # conftest sets HF_HUB_OFFLINE=1: auto must not even probe the hub
+    monkeypatch.setattr(data, "probe_hub", lambda *a, **k: pytest.fail("offline: no probe"))
+    manifest = data.download(make_params(tmp_path, synthetic=SMALL))  # data.source defaults to auto
+    assert manifest["source"]["kind"] == "synthetic"
+    assert manifest["source"]["chosen_by"] == "auto: HF_HUB_OFFLINE=1 is set"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # exactly one line
+    assert "HF_HUB_OFFLINE=1" in err and data.corpus_description(manifest) in err
+    assert "--set data.source=hub" in err and "HAMT_DATA_DIR=DIR" in err and "data.local_path=DIR" in err
+
+
+def test_auto_unreachable_hub_uses_the_synthetic_corpus(tmp_path, monkeypatch, capsys):
+    calls = fake_hub(monkeypatch, probe="https://huggingface.co unreachable (timed out)")
+    manifest = data.download(make_params(tmp_path, synthetic=SMALL))
+    assert calls == []  # datasets is never asked
+    assert manifest["source"]["kind"] == "synthetic"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unreachable (timed out)" in err and "--set data.source=hub" in err
+
+
+def test_auto_uses_the_hub_when_it_answers(tmp_path, monkeypatch, capsys):
+    calls = fake_hub(monkeypatch, probe=None)
+    manifest = data.download(make_params(tmp_path))
+    assert calls == [("Salesforce/wikitext", "wikitext-2-raw-v1")]
+    assert manifest["source"]["kind"] == "hub" and manifest["source"]["chosen_by"] == "auto"
+    assert data.corpus_description(manifest) == "WikiText-2 (hub)" and data.corpus_floor(manifest) is None
+    assert capsys.readouterr().err == ""
+
+
+def test_auto_falls_back_when_the_hub_answers_but_the_download_fails(tmp_path, monkeypatch, capsys):
+    fake_hub(monkeypatch, probe=None, fail=ConnectionError("reset by peer"))
+    manifest = data.download(make_params(tmp_path, synthetic=SMALL))
+    assert manifest["source"]["kind"] == "synthetic" and "reset by peer" in manifest["source"]["chosen_by"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["floor.json", "manifest.json", "test.txt", "train.txt", "valid.txt"]
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_forced_hub_never_falls_back(tmp_path, monkeypatch):
+    fake_hub(monkeypatch, probe="https://huggingface.co unreachable (refused)")
+    with pytest.raises(DataError, match="unreachable.*data.source=synthetic"):
+        data.download(make_params(tmp_path, source="hub"))
+    assert not (tmp_path / "raw").exists()
+
+
+def test_auto_with_local_path_is_local(tmp_path, monkeypatch, corpus_file):
+    monkeypatch.setattr(data, "probe_hub", lambda *a, **k: pytest.fail("auto with local_path must not probe the hub"))
+    manifest = data.download(make_params(tmp_path, local_path=str(corpus_file)))
+    assert manifest["source"]["kind"] == "local" and manifest["source"]["chosen_by"] == "data.local_path"
+
+
+def test_cli_download_prints_the_corpus_and_its_floor(tmp_path, monkeypatch, capsys, root):
+    from hamt.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_bytes((root / "params.yaml").read_bytes())
+    monkeypatch.chdir(work)
+    sets = [x for k, v in SMALL.items() for x in ("--set", f"data.synthetic.{k}={v}")]
+    assert main(["download", "--profile", "micro", "--set", "data.source=synthetic", *sets]) == 0
+    out = capsys.readouterr().out
+    manifest = data.read_manifest(work / "data" / "raw")
+    assert out.startswith(f"downloaded {data.corpus_description(manifest)}")
+    assert "floor (bits/byte" in out and f"{manifest['source']['floor']['splits']['test']['bits_per_byte']:.4f}" in out
+
+
+def test_synthetic_params_are_checked_by_name(tmp_path):
+    from hamt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.synthetic.recall_slots"):
+        make_params(tmp_path, synthetic={"keys": 2, "recall_slots": 3})
+    with pytest.raises(ConfigError, match="unknown key 'data.synthetic.sede'"):
+        make_params(tmp_path, synthetic={"sede": 1})
 
 
 # --------------------------------------------------------------------------------------------------

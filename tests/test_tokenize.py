@@ -215,3 +215,29 @@ def test_cli_download_and_tokenize_micro_profile(tmp_path, monkeypatch, capsys, 
     assert main(["download", "--profile", "micro", "--set", "data.source=local",
                  "--set", f"data.local_path={tmp_path / 'missing'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("vocab_words, requested", [(2000, 4096), (30, 4096)], ids=["tiny-vocab", "few-words"])
+def test_synthetic_corpus_tokenizes_as_one_document_per_split(tmp_path, vocab_words, requested):
+    # the tiny profile's BPE fills its 4096 entries on the default language; a language of a few words
+    # runs out of merges first: the vocabulary is then smaller than asked, which every model accepts
+    synth = {"train_words": 60000, "valid_words": 3000, "test_words": 3000, "vocab_words": vocab_words}
+    if vocab_words < 100:
+        synth.update(keys=8, values=8, successors=4)
+    params = resolve({"data": {"source": "synthetic", "raw_dir": str(tmp_path / "raw"), "synthetic": synth},
+                      "tokenizer": {"kind": "bpe", "vocab_size": requested, "tokens_dir": str(tmp_path / "tokens")}})
+    manifest = data.download(params)
+    meta = tokenize.tokenize(params, progress=False)
+    if vocab_words >= 100:
+        assert meta["vocab_size"] == requested
+    else:
+        assert 256 < meta["vocab_size"] < requested
+    data.check_vocab(meta, requested)
+    assert meta["raw_source"] == manifest["source"] and data.corpus_floor(meta["raw_source"]) is not None
+    tok = tokenize.load_tokenizer(params.tokenizer.tokens_dir)
+    for split in data.SPLITS:
+        s, ids = meta["splits"][split], data.load_split(params.tokenizer.tokens_dir, split)
+        assert s["documents"] == 1 and ids[0] == meta["eot_id"]  # no WikiText headings: one document
+        assert (s["bytes"], s["words"]) == (manifest["splits"][split]["bytes"], manifest["splits"][split]["words"])
+        text = (tmp_path / "raw" / f"{split}.txt").read_text(encoding="utf-8")
+        assert tok.decode(ids[1:].tolist(), skip_special_tokens=False) == text
