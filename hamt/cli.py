@@ -21,7 +21,7 @@ from hamt.errors import HAMTError
 
 # name -> (module, function, help). DVC stages call these names (tests/test_cli.py keeps them in sync).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "download": ("hamt.data", "cli_download", "fetch raw text (hub or local folder) into data/raw"),
+    "download": ("hamt.data", "cli_download", "raw text into data/raw: WikiText from the hub, a local folder, or the generated corpus"),
     "tokenize": ("hamt.tokenize", "cli_tokenize", "train/load a tokenizer and write memmapped token ids"),
     "validate": ("hamt.validate", "cli_validate", "short small-model sanity run before the expensive one"),
     "train": ("hamt.train.cli", "cli_train", "train a model with checkpoints, resume and the fallback ladder"),
