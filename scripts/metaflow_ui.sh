@@ -143,6 +143,9 @@ start_service() {  # start_service <name> <module> <port>: own process group, so
     # .metaflow above the service's folder: hence METAFLOW_CARD_LOCALROOT (only read here, never written).
     local name="$1" module="$2" port="$3"
     if ! alive "$name" "$module"; then
+        # A fresh cache per start: its results are kept forever, errors included, and prefetching (off above)
+        # reads a task's artifacts as they are registered, before the task's datastore lists them.
+        rm -rf "$SVC/cache_data"
         # cwd: the UI backend's cache workers import `services` from the current folder and keep cache_data/ there.
         # set -m: the job gets a process group of its own, led by $! (setsid would fork and hide the pid).
         (set -m; cd "$SVC"
@@ -153,7 +156,8 @@ start_service() {  # start_service <name> <module> <port>: own process group, so
             METAFLOW_DEFAULT_DATASTORE=local METAFLOW_DATASTORE_SYSROOT_LOCAL="$DATASTORE_ROOT" USERNAME=metaflow-ui \
             METAFLOW_CARD_LOCALROOT="$DATASTORE_ROOT/.metaflow/mf.cards" \
             CARD_CACHE_STORAGE_PATH="$ROOT/cache/cards" UI_ENABLED=1 \
-            CACHE_ARTIFACT_MAX_ACTIONS=2 CACHE_DAG_MAX_ACTIONS=2 CACHE_LOG_MAX_ACTIONS=2  # 16+16+8 worker processes by default
+            FEATURE_ARTIFACT_TABLE=1 FEATURE_PREFETCH_DISABLE=1 \
+            CACHE_ARTIFACT_MAX_ACTIONS=4 CACHE_DAG_MAX_ACTIONS=4 CACHE_LOG_MAX_ACTIONS=4  # defaults: 16+16+8 worker processes
          nohup "$ROOT/venv/bin/python" -m "$module" > "$LOG/$name.log" 2>&1 < /dev/null &
          echo $! > "$RUN/$name.pid")
     fi
