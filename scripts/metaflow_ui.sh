@@ -17,6 +17,13 @@
 #   MF_UI_PG_PORT [5433]  MF_UI_METADATA_PORT [8080]  MF_UI_PORT [8083] (UI backend + front end)
 #   MF_UI_DATASTORE_ROOT  [<repo>]  the folder holding .metaflow (the flow pins its local datastore there)
 #   MF_UI_PG_USER         [postgres]  the OS user that runs postgres when this script runs as root
+#   MF_UI_METAFLOW_VERSION [the project venv's, else 2.19.39]  metaflow in the service's venv: the same version
+#                         as the one that writes the datastore (the service's requirements only say >=2.11.4)
+#   MF_UI_ARTIFACT_MAX_KB [64]  artifacts up to this size are shown by value (upstream default 4)
+#
+# Two upstream bugs are patched here (see patch_service, patch_metaflow): with a local datastore the UI backend's
+# log action moved the task's log files out of .metaflow into its cache, and metaflow's client cache stored an
+# empty artifact index for a task once its log size was read, after which every artifact value of that task failed.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +37,11 @@ METADATA_PORT="${MF_UI_METADATA_PORT:-8080}"
 UI_PORT="${MF_UI_PORT:-8083}"
 DATASTORE_ROOT="${MF_UI_DATASTORE_ROOT:-$REPO}"
 PG_USER="${MF_UI_PG_USER:-postgres}"
+ARTIFACT_MAX_KB="${MF_UI_ARTIFACT_MAX_KB:-64}"
+if [ -z "${MF_UI_METAFLOW_VERSION:-}" ]; then
+    MF_UI_METAFLOW_VERSION="$("$REPO/.venv/bin/python" -c 'import importlib.metadata as m; print(m.version("metaflow"))' 2>/dev/null || echo 2.19.39)"
+fi
+MF_VERSION="$MF_UI_METAFLOW_VERSION"
 HOST=127.0.0.1
 DB=metaflow
 DB_USER=metaflow
@@ -61,17 +73,56 @@ checkout() {  # checkout <src> <ref> <dir>: clone once, then move to the pinned 
     [ -d "$dir/.git" ] || git clone -q "$src" "$dir" || die "cannot clone $src"
     if [ "$(git -C "$dir" rev-parse HEAD)" != "$(git -C "$dir" rev-parse -q --verify "$ref^{commit}" || true)" ]; then
         git -C "$dir" cat-file -e "$ref^{commit}" 2>/dev/null || git -C "$dir" fetch -q origin || true
-        git -C "$dir" checkout -q --detach "$ref" || die "commit $ref not in $src"
+        # -f: our own clone; it drops what patch_service changed in tracked files (reapplied after)
+        git -C "$dir" checkout -q -f --detach "$ref" || die "commit $ref not in $src"
     fi
 }
 
+replace_once() {  # replace_once <file> <old> <new>: exactly one <old> becomes <new>; nothing if <new> is there
+    OLD="$2" NEW="$3" python3 - "$1" <<'PY' || die "cannot patch $1 (upstream changed? see its log)"
+import os, sys
+path, old, new = sys.argv[1], os.environ["OLD"], os.environ["NEW"]
+text = open(path).read()
+if new in text:
+    sys.exit(0)
+if text.count(old) != 1:
+    sys.exit(f"{path}: expected the text to patch once, found it {text.count(old)} times")
+open(path, "w").write(text.replace(old, new))
+PY
+}
+
+patch_service() {  # get_log_file_action.py, fetch_logs: the storage's load_bytes yields, for the local datastore,
+    # the datastore's own file (S3 and the others: a temporary download), and the action shutil.move'd it into
+    # cache_data/log: the first view of a task's log deleted it from .metaflow (then "No logs" for good).
+    replace_once "$SVC/services/ui_backend_service/data/cache/get_log_file_action.py" \
+        "shutil.move(path, log_paths[name])" \
+        "shutil.copyfile(path, log_paths[name])  # metaflow_ui.sh: never move a local datastore's file"
+}
+
+patch_metaflow() {  # metaflow/datastore/flow_datastore.py, FlowDataStore.get_task_datastore: FileCache.get_log_size
+    # (Task log sizes, which the UI backend reads for every log view) passes data_metadata={"objects": {},
+    # "info": {}} with an attempt, and the datastore then stored that empty index as the task's metadata in the
+    # on-disk client cache (METAFLOW_CLIENT_CACHE_PATH, by default /tmp/metaflow_client, shared by every process).
+    # DataArtifact.size read it back: TaskDataStore.get_artifact_sizes -> info None -> TypeError, "Artifact not
+    # currently displayable". Store only what was read from the datastore, and never an empty index.
+    local f
+    f="$("$ROOT/venv/bin/python" -c 'import metaflow.datastore.flow_datastore as m; print(m.__file__)')"
+    replace_once "$f" "            not cache_hit
+            and self._metadata_cache is not None" "            data_metadata is None  # metaflow_ui.sh: not a caller's (empty) index
+            and task_datastore.ds_metadata[\"objects\"]
+            and self._metadata_cache is not None"
+}
+
 build_service() {  # its own venv: the service pins versions (click, pyee, ...) the project's venv must not get
-    local stamp="$ROOT/venv/.built-$SERVICE_REF"
+    local stamp="$ROOT/venv/.built-$SERVICE_REF-metaflow-$MF_VERSION"
+    patch_service
     [ -f "$stamp" ] && return
-    say "installing metaflow-service's requirements into $ROOT/venv"
+    say "installing metaflow-service's requirements and metaflow==$MF_VERSION into $ROOT/venv"
     python3 -m venv "$ROOT/venv"
-    "$ROOT/venv/bin/pip" install -q --disable-pip-version-check -r "$SVC/requirements.txt" > "$LOG/pip.log" 2>&1 \
-        || die "pip install failed, see $LOG/pip.log"
+    rm -f "$ROOT"/venv/.built-*
+    "$ROOT/venv/bin/pip" install -q --disable-pip-version-check -r "$SVC/requirements.txt" "metaflow==$MF_VERSION" \
+        > "$LOG/pip.log" 2>&1 || die "pip install failed, see $LOG/pip.log"
+    patch_metaflow
     touch "$stamp"
 }
 
@@ -143,10 +194,11 @@ start_service() {  # start_service <name> <module> <port>: own process group, so
     # .metaflow above the service's folder: hence METAFLOW_CARD_LOCALROOT (only read here, never written).
     local name="$1" module="$2" port="$3"
     if ! alive "$name" "$module"; then
-        # A fresh cache per start: its results are kept forever, errors included, and prefetching (off above)
-        # reads a task's artifacts as they are registered, before the task's datastore lists them.
-        rm -rf "$SVC/cache_data"
+        # A fresh cache per start (the UI backend's and metaflow's client cache): results are kept forever,
+        # errors included. Metaflow's client cache is the backend's own, not the machine's /tmp/metaflow_client.
+        rm -rf "$SVC/cache_data" "$ROOT/cache/client"
         # cwd: the UI backend's cache workers import `services` from the current folder and keep cache_data/ there.
+        # Prefetch off: it would read every new run's artifacts in the background (CPU on a shared machine).
         # set -m: the job gets a process group of its own, led by $! (setsid would fork and hide the pid).
         (set -m; cd "$SVC"
          export MF_METADATA_DB_HOST=$HOST MF_METADATA_DB_PORT="$PG_PORT" MF_METADATA_DB_USER=$DB_USER \
@@ -155,7 +207,8 @@ start_service() {  # start_service <name> <module> <port>: own process group, so
             METAFLOW_SERVICE_URL="http://$HOST:$METADATA_PORT/" METAFLOW_DEFAULT_METADATA=service \
             METAFLOW_DEFAULT_DATASTORE=local METAFLOW_DATASTORE_SYSROOT_LOCAL="$DATASTORE_ROOT" USERNAME=metaflow-ui \
             METAFLOW_CARD_LOCALROOT="$DATASTORE_ROOT/.metaflow/mf.cards" \
-            CARD_CACHE_STORAGE_PATH="$ROOT/cache/cards" UI_ENABLED=1 \
+            CARD_CACHE_STORAGE_PATH="$ROOT/cache/cards" UI_ENABLED=1 METAFLOW_CLIENT_CACHE_PATH="$ROOT/cache/client" \
+            MAX_PROCESSABLE_S3_ARTIFACT_SIZE_KB="$ARTIFACT_MAX_KB" \
             FEATURE_ARTIFACT_TABLE=1 FEATURE_PREFETCH_DISABLE=1 \
             CACHE_ARTIFACT_MAX_ACTIONS=4 CACHE_DAG_MAX_ACTIONS=4 CACHE_LOG_MAX_ACTIONS=4  # defaults: 16+16+8 worker processes
          nohup "$ROOT/venv/bin/python" -m "$module" > "$LOG/$name.log" 2>&1 < /dev/null &
