@@ -1,7 +1,7 @@
 """The HAMT pipeline as a Metaflow flow (the same stage functions as ``dvc repro``, plus branching and cards).
 
     start -> download -> tokenize -> validate_small -> train --(primary_ok | fallback)--> register_model
-          -> train_model (foreach: hamt.zoo.training_plan) -> train_join
+          -> train_model (foreach: hamt.zoo.training_plan) -> train_join -> plan_compare
           -> compare (foreach: HAMT, each baseline, each ablation) -> compare_join -> report -> end
 
 Parameters come from ``params.yaml`` through the Config ``cfg`` (the single source of truth); the run's
@@ -208,6 +208,7 @@ class HAMTFlow(FlowSpec):
                                      f"compare {', '.join(self.compare_names)}"))
         self.next(self.train_model, foreach="training_names")
 
+    @resources(gpu=orc.env_int("HAMT_TRAIN_GPUS"), memory=16000, cpu=4)
     @retry(times=1)  # a lost machine: the retry resumes from the newest checkpoint
     @card(**CARD)
     @step
@@ -247,6 +248,15 @@ class HAMTFlow(FlowSpec):
                 for n, r in ((n, self.training_results[n]) for n in self.training_names)]
         current.card.append(Markdown("## Trained models (hamt.zoo.training_plan)"))
         current.card.append(orc.table(rows))
+        self.next(self.plan_compare)
+
+    @card(**CARD)
+    @step
+    def plan_compare(self):
+        """Fan the evaluation out: one compare task per model of hamt.zoo.evaluation_plan (a join cannot split)."""
+        from metaflow.cards import Markdown
+
+        current.card.append(Markdown(f"Compare: {', '.join(self.compare_names)}"))
         self.next(self.compare, foreach="compare_names")
 
     @card(**CARD)

@@ -275,7 +275,7 @@ def test_every_step_has_a_card(workspace, primary_run, monkeypatch):
     monkeypatch.chdir(workspace[0])  # the card client looks for .metaflow from here
     steps = {s.id: s for s in primary_run}
     assert set(steps) >= {"start", "download", "tokenize", "validate_small", "train", "register_model", "train_model",
-                          "train_join", "compare", "compare_join", "report", "end"}
+                          "train_join", "plan_compare", "compare", "compare_join", "report", "end"}
     for name, step in steps.items():
         if name == "primary_ok":
             continue  # a one-line step without a card
