@@ -1,6 +1,7 @@
 """The HAMT pipeline as a Metaflow flow (the same stage functions as ``dvc repro``, plus branching and cards).
 
     start -> download -> tokenize -> validate_small -> train --(primary_ok | fallback)--> register_model
+          -> train_model (foreach: hamt.zoo.training_plan) -> train_join -> plan_compare
           -> compare (foreach: HAMT, each baseline, each ablation) -> compare_join -> report -> end
 
 Parameters come from ``params.yaml`` through the Config ``cfg`` (the single source of truth); the run's
@@ -15,7 +16,10 @@ Training: the primary profile (``fallback.primary_profile``) trains in a child `
 above 1. Its own ladder handles OOM and divergence; if the run still fails (ladder exhausted, divergence
 retries used up, a crash), the ``fallback`` branch trains ``fallback.fallback_profile``. The branch taken
 and why are artifacts (``train_branch``, ``branch_reason``) and on the cards. To force the primary to fail:
-``HAMT_PRIMARY_FAULTS=nan@1,nan@1,nan@1,nan@1`` (see flows/orchestration.py).
+``HAMT_PRIMARY_FAULTS=nan@1,nan@1,nan@1,nan@1`` (see flows/orchestration.py). The other models of the
+comparison (``compare.trained``: the from-scratch baselines, the ablations — the list dvc.yaml's train
+foreach runs) are then trained side by side with the trained profile's parameters, one ``train_model`` task
+each (``hamt train --model NAME``; the HAMT task reuses the branch's model); ``compare`` only evaluates.
 
 Every step runs in the repository root (or HAMT_WORKDIR), so it reads and writes the same data/,
 checkpoints/ and results/ as ``dvc repro``; the end step runs ``dvc commit -f`` when the run's parameters
@@ -182,7 +186,7 @@ class HAMTFlow(FlowSpec):
         from metaflow.cards import Markdown
 
         from hamt.io import dir_sha256
-        from hamt.zoo import evaluation_plan
+        from hamt.zoo import evaluation_plan, training_plan
 
         orc.enter_workdir()
         params = self._trained_params()
@@ -191,6 +195,7 @@ class HAMTFlow(FlowSpec):
         self.checkpoint_sha256 = dir_sha256(Path(self.checkpoint_dir))
         self.train_metrics = result["metrics"]
         self.trained_params = params.to_dict()
+        self.training_names = training_plan(params)
         self.compare_names = evaluation_plan(params)
         current.card.append(Markdown(f"## Branch: `{self.train_branch}`\n\n{self.branch_reason}.\n\n"
                                      f"Model: `{self.checkpoint_dir}` (sha256 `{self.checkpoint_sha256['sha256']}`)"))
@@ -199,22 +204,70 @@ class HAMTFlow(FlowSpec):
                 current.card.append(block)
         for block in orc.training_blocks(result, self.trained_profile, "trained model"):
             current.card.append(block)
-        current.card.append(Markdown(f"Next: compare {', '.join(self.compare_names)}"))
+        current.card.append(Markdown(f"Next: train {', '.join(self.training_names[1:]) or 'nothing more'}; "
+                                     f"compare {', '.join(self.compare_names)}"))
+        self.next(self.train_model, foreach="training_names")
+
+    @resources(gpu=orc.env_int("HAMT_TRAIN_GPUS"), memory=16000, cpu=4)
+    @retry(times=1)  # a lost machine: the retry resumes from the newest checkpoint
+    @card(**CARD)
+    @step
+    def train_model(self):
+        """One model of the training plan (hamt.zoo.training_plan, dvc.yaml's train foreach): a baseline or an
+        ablation trained afresh with the trained profile's parameters; HAMT itself was trained by the branch."""
+
+        orc.enter_workdir()
+        params = self._trained_params()
+        self.model_name = self.input
+        if self.model_name == "hamt":
+            self.model_result = self.fallback_result if self.train_branch == "fallback" else self.primary_result
+        else:
+            others = [n for n in self.training_names if n != "hamt"]
+            self.cpu_threads = orc.share_cpu_threads(len(others))  # the trainings run side by side
+            # one process each: several tasks at once would otherwise each claim every GPU
+            self.model_result = orc.run_training(params, name=self.model_name, nproc=1,
+                                                 resume=current.retry_count > 0)
+        for block in orc.training_blocks(self.model_result, self.trained_profile, self.model_name):
+            current.card.append(block)
+        if not self.model_result["ok"] and self.model_name != "hamt":
+            # compare gives this model a skipped row (no model in its folder) with the reason the card shows
+            print(f"{self.model_name} did not train: {self.model_result['reason']}")
+        self.next(self.train_join)
+
+    @card(**CARD)
+    @step
+    def train_join(self, inputs):
+        """Every model of the plan trained (or its failure recorded); compare evaluates them."""
+        from metaflow.cards import Markdown
+
+        self.merge_artifacts(inputs, exclude=["model_name", "model_result", "cpu_threads"])
+        self.training_results = {i.model_name: i.model_result for i in inputs}
+        rows = [{"model": n, "ok": r["ok"], "reason": r["reason"], "seconds": r["seconds"],
+                 "steps": (r.get("metrics") or {}).get("steps"), "val_loss": (r.get("metrics") or {}).get("val_loss")}
+                for n, r in ((n, self.training_results[n]) for n in self.training_names)]
+        current.card.append(Markdown("## Trained models (hamt.zoo.training_plan)"))
+        current.card.append(orc.table(rows))
+        self.next(self.plan_compare)
+
+    @card(**CARD)
+    @step
+    def plan_compare(self):
+        """Fan the evaluation out: one compare task per model of hamt.zoo.evaluation_plan (a join cannot split)."""
+        from metaflow.cards import Markdown
+
+        current.card.append(Markdown(f"Compare: {', '.join(self.compare_names)}"))
         self.next(self.compare, foreach="compare_names")
 
     @card(**CARD)
     @step
     def compare(self):
-        """One row of the comparison: HAMT, a baseline (trained with the same budget if needed) or an ablation."""
+        """One row of the comparison: HAMT, a baseline or an ablation, evaluated (never trained) from its folder."""
         from hamt.compare import run_baseline
-        from hamt.zoo import kind_of
 
         orc.enter_workdir()
         params = self._trained_params()
         self.baseline = self.input
         self.cpu_threads = orc.share_cpu_threads(len(self.compare_names))  # the rows run side by side
-        if kind_of(self.baseline) in ("scratch", "ablation") and current.retry_count == 0:
-            orc.clear_run(params, self.baseline)  # trained afresh for this run's budget, never a stale folder
         self.row = run_baseline(params, self.baseline)
         current.card.append(orc.table([{"field": k, "value": v} for k, v in self.row.items()
                                        if not isinstance(v, (dict, list))]))
@@ -228,7 +281,7 @@ class HAMTFlow(FlowSpec):
 
         from hamt.compare import compare
 
-        self.merge_artifacts(inputs, exclude=["row", "baseline"])
+        self.merge_artifacts(inputs, exclude=["row", "baseline", "cpu_threads"])
         orc.enter_workdir()
         rows = {i.baseline: i.row for i in inputs}
         self.comparison_rows = [rows[n] for n in self.compare_names]

@@ -213,9 +213,10 @@ def nproc_per_node() -> int:
         return 1
 
 
-def train_command(params_file: Path, nproc: int, resume: bool) -> list[str]:
-    """``hamt train`` on the resolved params; under torchrun (DDP, one process per GPU) when nproc > 1."""
-    args = ["-m", "hamt.cli", "train", "--params", str(params_file)] + (["--resume"] if resume else [])
+def train_command(params_file: Path, nproc: int, resume: bool, model: str = "hamt") -> list[str]:
+    """``hamt train [--model NAME]`` on the resolved params; under torchrun (DDP, one process per GPU) when nproc > 1."""
+    args = ["-m", "hamt.cli", "train", "--params", str(params_file)] + (["--model", model] if model != "hamt" else [])
+    args += ["--resume"] if resume else []
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return [sys.executable, *args]
@@ -297,17 +298,19 @@ def failure_reason(returncode: int, metrics: dict | None, stderr_tail: list[str]
     return f"exit status {returncode}: {last}"
 
 
-def run_training(params, *, faults: str = "", resume: bool = False, name: str = "hamt",
+def run_training(params, *, faults: str = "", resume: bool = False, name: str = "hamt", nproc: int | None = None,
                  on_progress: Callable[[list[dict]], None] | None = None, poll_s: float = 2.0) -> dict:
-    """Train ``params`` in a child ``hamt train`` (torchrun when several GPUs) and report how it went.
+    """Train model ``name`` (``hamt.zoo``) of ``params`` in a child ``hamt train --model NAME`` (torchrun when
+    several GPUs) and report how it went. A fresh run unless ``resume``: its folders are cleared first.
 
     Returns {ok, reason, returncode, command, nproc, seconds, metrics, log, faults}. ``metrics`` is the
     trainer's metrics.json (it also records a failed run); ``log`` its log.csv rows. ``on_progress(rows)``
-    is called every ``poll_s`` seconds while the child runs (live cards).
+    is called every ``poll_s`` seconds while the child runs (live cards). ``nproc``: processes (default
+    ``nproc_per_node()``).
     """
     if not resume:
         clear_run(params, name)
-    nproc = nproc_per_node()
+    nproc = nproc or nproc_per_node()
     results = Path(params.train.results_dir) / name
     env = dict(os.environ)
     env.pop("HAMT_FAULTS", None)
@@ -315,7 +318,7 @@ def run_training(params, *, faults: str = "", resume: bool = False, name: str = 
         env["HAMT_FAULTS"] = faults
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="hamt-flow-") as tmp:
-        cmd = train_command(write_resolved(params, Path(tmp)), nproc, resume)
+        cmd = train_command(write_resolved(params, Path(tmp)), nproc, resume, name)
         print("launching: " + " ".join(cmd), flush=True)
         proc = subprocess.Popen(cmd, env=env, stdout=sys.stdout, stderr=subprocess.PIPE)
         tail = _Tail(proc.stderr, sys.stderr)

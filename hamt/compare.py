@@ -2,24 +2,30 @@
 
 The models (``hamt.zoo``) are of four kinds:
 
-- ``hamt``: the trained model, ``<train.out_dir>/hamt/final`` (``hamt train``);
-- ``scratch``: transformers' GPT2LMHeadModel trained here by the same trainer on the same tokens and
-  budget — ``gpt2-scratch`` with HAMT's parameter count (``hamt.baselines.matched_gpt2_config``,
-  within 5%), ``gpt2-scratch-2x`` with twice it (for the "fewer parameters for similar quality"
-  claim). Loaded from ``<train.out_dir>/<name>/final`` when already trained, trained otherwise.
-  Always available;
+- ``hamt``: the trained model, ``<train.out_dir>/hamt/final``;
+- ``scratch``: transformers' GPT2LMHeadModel trained by the same trainer on the same tokens and budget
+  — ``gpt2-scratch`` with HAMT's parameter count (``hamt.baselines.matched_gpt2_config``, within 5%),
+  ``gpt2-scratch-2x`` with twice it (for the "fewer parameters for similar quality" claim);
+- ``ablation``: ``ablation-<switch>`` (``gating-off``, ``aux-on``, ``slots-1``, ...), HAMT with one
+  switch flipped, trained with the same budget;
 - ``pretrained``: GPT-2, DistilGPT-2, Pythia-70M/160M evaluated zero-shot, from a local folder
   (``compare.local_models``) or the Hugging Face hub. Only when the tokens are GPT-2 BPE (otherwise
   token-level numbers would not be comparable): the GPT-2 family reads the ids as they are; Pythia
   has its own tokenizer, so the evaluated text is decoded and re-tokenized with it (bpb and word
   perplexity stay comparable: same text, same byte/word counts).
 
-Ablations (``compare.ablations``, names like ``gating-off``, ``aux-on``, ``slots-1``) are HAMT with
-one switch flipped, trained with the same budget as ``ablation-<switch>``.
+This stage only evaluates. The trained models (``compare.trained``, ``hamt.zoo.training_plan``) are
+trained by ``hamt train --model NAME``, one DVC stage instance ``train@NAME`` each (or the flow's
+training fan-out); compare reads ``<train.out_dir>/<name>/final``. Before loading one it checks that
+its newest training checkpoint (which records the resolved parameters and the model config it was
+trained with) describes the model the current parameters ask for — same model config
+(``hamt.zoo.model_config_for``), same training recipe (the train section but for
+``RUNTIME_TRAIN_KEYS``), same tokens — so a result never comes from a stale checkpoint.
 
-A model that cannot be evaluated (offline, no checkpoint, tokenizer mismatch) gives a row with
-``status: skipped`` and the ``reason``; an unexpected error gives ``status: failed`` and the error.
-No row is ever dropped or filled with a number that was not measured.
+A model that cannot be evaluated gives a row with ``status: skipped`` (not trained yet, offline,
+tokenizer mismatch) or ``status: stale`` (trained with other parameters), with a one-line ``reason``
+that says what to run; an unexpected error gives ``status: failed`` and the error. No row is ever
+dropped or filled with a number that was not measured.
 
 Beside the per-model rows, two probes measure the architectures rather than checkpoints:
 an MQAR probe (small HAMT vs parameter-matched GPT-2, trained on associative recall) and a speed
@@ -41,8 +47,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from hamt.errors import DataError, HAMTError
-from hamt.zoo import ABLATION_PREFIX, REGISTRY, ablation_overrides, describe, evaluation_plan, kind_of
+from hamt.errors import CheckpointError, DataError, HAMTError
+from hamt.zoo import (
+    ABLATION_PREFIX,
+    REGISTRY,
+    ablation_overrides,
+    describe,
+    evaluation_plan,
+    kind_of,
+    model_config_for,
+)
 
 # Columns of results.csv, in order (results.json rows hold these plus nested details).
 COLUMNS = [
@@ -55,13 +69,14 @@ COLUMNS = [
 
 def add_arguments_compare(parser) -> None:
     parser.add_argument("--baselines", nargs="*", default=None, metavar="NAME",
-                        help="baselines to run (default: compare.baselines); HAMT and the ablations always run")
-    parser.add_argument("--no-ablations", action="store_true", help="skip compare.ablations")
+                        help="pretrained baselines to evaluate (default: compare.baselines); every model of "
+                             "compare.trained is evaluated")
+    parser.add_argument("--no-ablations", action="store_true", help="leave out the ablation-* models of compare.trained")
 
 
 def cli_compare(params, args) -> int:
     if getattr(args, "no_ablations", False):
-        params.compare.ablations = []
+        params.compare.trained = [n for n in params.compare.trained if kind_of(n) != "ablation"]
     result = compare(params, baselines=args.baselines, progress=True)
     print(format_table(result["rows"]))
     print(f"results in {Path(params.compare.out_dir) / 'results.csv'} (+ results.json, recall.json, speed.json)")
@@ -149,8 +164,6 @@ def run_baseline(params, name: str, *, ctx: EvalContext | None = None, progress:
             row = _run_trained(params, name, kind, ctx, progress)
     except HAMTError as e:
         row = skipped(name, kind, str(e))
-        if type(e).__name__ == "TrainingFailed":  # the baseline could not be trained: a failure, not a skip
-            row["status"] = "failed"
     except Exception as e:  # noqa: BLE001  recorded in the row and printed, never dropped
         row = empty_row(name, kind)
         row.update(status="failed", reason=f"{type(e).__name__}: {_first_line(e)}")
@@ -174,34 +187,104 @@ def _train_summary(params, name: str) -> dict:
     return {}
 
 
+def train_hint(name: str) -> str:
+    return f"run `hamt train --model {name}` (or `dvc repro`)"
+
+
 def _run_trained(params, name: str, kind: str, ctx: EvalContext, progress: bool) -> dict:
     final = Path(params.train.out_dir) / name / "final"
     if not (final / "config.json").is_file():
-        if kind == "hamt":
-            return skipped(name, kind, f"no trained HAMT in {final}; run `hamt train` first")
-        from hamt.train import train
-
-        _log(f"{name}: no model in {final}; training it with the same budget (train.max_steps={params.train.max_steps})")
-        # resume=True continues an interrupted earlier attempt (a fresh start when there is none)
-        summary = train(params, resume=True, model=name)
-        if summary.get("interrupted"):  # SIGINT/SIGTERM: the trainer saved a checkpoint; stop the whole stage
-            raise KeyboardInterrupt(f"training {name} was interrupted; `hamt compare` resumes it")
+        return skipped(name, kind, f"not trained: no model in {final}; {train_hint(name)}")
+    check = trained_as_asked(params, name, ctx)
+    if not check["ok"]:
+        row = skipped(name, kind, f"{check['reason']}; {train_hint(name)}")
+        row["status"] = check["status"]
+        return row
     from hamt.generate import load_model
 
     model = load_model(final, str(ctx.device))
-    if model.config.vocab_size < ctx.vocab_size:
-        return skipped(name, kind, f"{final} has vocab_size {model.config.vocab_size} but the tokens use "
-                                   f"{ctx.vocab_size}; retrain it (delete the folder) after re-tokenizing")
     summary = _train_summary(params, name)
     row = empty_row(name, kind)
     row.update(tokens_seen=summary.get("tokens"), train_steps=summary.get("steps"),
-               trainer_tok_s=summary.get("tokens_per_s"), model_dir=str(final), tokenizer=ctx.tokenizer_kind)
+               trainer_tok_s=summary.get("tokens_per_s"), model_dir=str(final), tokenizer=ctx.tokenizer_kind,
+               checkpoint=check["checkpoint"])
     if kind == "ablation":
         row["config"] = ablation_overrides(name[len(ABLATION_PREFIX):])
     _evaluate_into(row, model, ctx.ids, ctx, progress)
     if kind == "hamt":
         row["sample"] = _sample(params, final, ctx)
     return row
+
+
+# Train keys that say how or where a run executes, not what it learns: a model trained with other values of
+# these is still the model the parameters describe (the fallback ladder may change micro-batch and
+# gradient checkpointing during a run anyway). Every other train key must match.
+RUNTIME_TRAIN_KEYS = frozenset({
+    "out_dir", "results_dir", "device", "compile", "micro_batch_size", "gradient_checkpointing", "eval_every",
+    "eval_batches", "ckpt_every", "log_every", "keep_checkpoints", "peak_flops", "wandb",
+})
+
+
+def trained_as_asked(params, name: str, ctx: EvalContext) -> dict:
+    """Whether ``<train.out_dir>/<name>`` holds the model the current parameters describe.
+
+    Read from its newest training checkpoint (``hamt.checkpoint``: the resolved params and the model
+    identity of the run that wrote ``final/``) and ``final/meta.json`` (the tokens it was trained on).
+    Returns {ok, status, reason, checkpoint}; status ``stale`` when it was trained differently,
+    ``skipped`` when that cannot be told.
+    """
+    from hamt.checkpoint import load_latest, model_identity
+    from hamt.params import to_dict
+
+    ckpt_dir = Path(params.train.out_dir) / name
+    try:
+        state, path = load_latest(ckpt_dir)
+    except CheckpointError as e:
+        return {"ok": False, "status": "skipped", "reason": f"its training checkpoints are unusable ({e})", "checkpoint": None}
+    if state is None:
+        return {"ok": False, "status": "skipped", "checkpoint": None,
+                "reason": f"no training checkpoint in {ckpt_dir} records what {ckpt_dir / 'final'} was trained with"}
+    out = {"ok": False, "status": "stale", "checkpoint": str(path)}
+    expected = model_identity(model_config_for(params, name, ctx.vocab_size))
+    diff = _first_diff(state.get("model_identity") or {}, expected, "model config")
+    if diff:
+        return {**out, "reason": f"stale: trained as another model ({diff})"}
+    saved = (state.get("params") or {}).get("train") or {}
+    now = to_dict(params.train)
+    diff = _first_diff({k: v for k, v in saved.items() if k not in RUNTIME_TRAIN_KEYS},
+                       {k: v for k, v in now.items() if k not in RUNTIME_TRAIN_KEYS}, "train")
+    if diff:
+        return {**out, "reason": f"stale: trained with other parameters ({diff})"}
+    meta_path = ckpt_dir / "final" / "meta.json"
+    if meta_path.is_file():
+        import json
+
+        trained_on = json.loads(meta_path.read_text(encoding="utf-8"))
+        keys = ("tokenizer_sha256", "vocab_size", "splits")
+        diff = _first_diff({k: trained_on.get(k) for k in keys}, {k: ctx.meta.get(k) for k in keys}, "tokens")
+        if diff:
+            return {**out, "reason": f"stale: trained on other tokens ({diff})"}
+    return {"ok": True, "status": "ok", "reason": "", "checkpoint": str(path)}
+
+
+def _first_diff(saved: dict, now: dict, what: str) -> str | None:
+    """``"train.lr: 0.003 when trained, 0.002 now (and 2 more)"``, or None when equal."""
+    keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if not keys:
+        return None
+    k = keys[0]
+    a, b = saved.get(k), now.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):  # e.g. a split's sha256 inside tokens.splits
+        inner = _first_diff(a, b, f"{what}.{k}")
+        if inner:
+            return inner + (f" (and {len(keys) - 1} more)" if len(keys) > 1 else "")
+    more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+    return f"{what}.{k}: {_short(a)} when trained, {_short(b)} now{more}"
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _run_pretrained(params, name: str, ctx: EvalContext, progress: bool) -> dict:

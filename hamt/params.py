@@ -20,6 +20,7 @@ no torch, so the CLI validates parameters before any heavy import.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,21 +268,20 @@ class ValidateParams:
                  "validate.recall_vocab: must be >= 2 * recall_pairs + 1 (filler, distinct keys, values)")
 
 
-# Ablation names hamt.compare understands: a switch flipped against the profile's model.
-ABLATION_PATTERN = r"(gating-(on|off)|aux-(on|off)|conv-(off|[0-9]+)|slots-[0-9]+)"
-
-
 @dataclass
 class CompareParams:
-    """Baselines and evaluation settings (stage ``compare``)."""
+    """Which models are compared and how they are evaluated (stage ``compare``)."""
 
-    # baseline names from the registry in hamt.compare (HAMT itself is always evaluated)
-    baselines: list[str] = field(default_factory=lambda: ["gpt2-scratch", "gpt2-scratch-2x", "gpt2", "distilgpt2",
-                                                         "EleutherAI/pythia-70m", "EleutherAI/pythia-160m"])
+    # the models trained for the comparison, hamt.zoo names: hamt, each from-scratch baseline (gpt2-scratch,
+    # gpt2-scratch-2x), each ablation (ablation-<switch>, switch: gating-on|off, aux-on|off, conv-off|conv-K,
+    # slots-N). dvc.yaml's train stage is a foreach over this list (hamt.zoo.training_plan), so no profile may change it
+    trained: list[str] = field(default_factory=lambda: ["hamt", "gpt2-scratch", "gpt2-scratch-2x", "ablation-gating-off",
+                                                       "ablation-aux-on", "ablation-slots-1"])
+    # models evaluated beside the trained ones, never trained here (pretrained, zero-shot)
+    baselines: list[str] = field(default_factory=lambda: ["gpt2", "distilgpt2", "EleutherAI/pythia-70m",
+                                                         "EleutherAI/pythia-160m"])
     # local folders of pretrained baselines, {name: path} (used instead of the hub)
     local_models: dict = field(default_factory=dict)
-    # HAMT variants trained with the same budget: gating-on|off, aux-on|off, conv-off|conv-K, slots-N
-    ablations: list[str] = field(default_factory=lambda: ["gating-off", "aux-on", "slots-1"])
     # split evaluated for perplexity
     eval_split: typing.Literal["train", "valid", "test"] = "test"
     # evaluation context for sliding-window perplexity
@@ -314,8 +314,6 @@ class CompareParams:
     out_dir: str = "results/compare"
 
     def validate(self) -> None:
-        import re
-
         _require(self.eval_context >= 2, "compare.eval_context: must be >= 2")
         _require(1 <= self.eval_stride <= self.eval_context, "compare.eval_stride: must be in [1, eval_context]")
         _require(self.eval_max_tokens >= 0, "compare.eval_max_tokens: must be >= 0 (0 = whole split)")
@@ -326,11 +324,27 @@ class CompareParams:
             _require(all(v >= 1 for v in getattr(self, k)), f"compare.{k}: every entry must be >= 1")
         _require(self.recall_vocab >= 2 * max(self.recall_pairs or [1]) + 1,
                  "compare.recall_vocab: must be >= 2 * max(recall_pairs) + 1 (filler, distinct keys, values)")
-        for a in self.ablations:
-            _require(re.fullmatch(ABLATION_PATTERN, a) is not None,
-                     f"compare.ablations: unknown ablation {a!r}; use gating-on|off, aux-on|off, conv-off|conv-K, slots-N")
+        self._validate_models()
         for name, path in self.local_models.items():
             _require(isinstance(path, str) and path, f"compare.local_models.{name}: expected a folder path")
+
+    def _validate_models(self) -> None:
+        from hamt.zoo import TRAINED_KINDS, kind_of  # no torch: names only
+
+        for key in ("trained", "baselines"):
+            names = getattr(self, key)
+            dup = next((n for n in names if names.count(n) > 1), None)
+            _require(dup is None, f"compare.{key}: {dup!r} is listed twice")
+            for n in names:
+                try:
+                    kind = kind_of(n)
+                except ConfigError as e:
+                    raise ConfigError(f"compare.{key}: {e}") from None
+                _require(key == "baselines" or kind in TRAINED_KINDS,
+                         f"compare.trained: {n!r} is a pretrained model (evaluated, never trained): list it in compare.baselines")
+                _require(key == "trained" or kind not in TRAINED_KINDS,
+                         f"compare.baselines: {n!r} is trained here: list it in compare.trained (its own DVC stage train@{n})")
+        _require("hamt" in self.trained, "compare.trained: must include hamt (the model the others are compared with)")
 
 
 @dataclass
@@ -533,6 +547,8 @@ def resolve(raw: dict, profile: str | None = None, overrides: typing.Sequence[st
             raise ConfigError(f"unknown section '{key}'{_did_you_mean(key, allowed)}; valid: {', '.join(sorted(allowed))}")
     if name not in profiles and profiles:
         raise ConfigError(f"unknown profile '{name}'{_did_you_mean(name, profiles)}; available: {', '.join(profiles)}")
+    for pname, overlay in profiles.items():
+        _check_plan_overlay(pname, overlay, raw)
     merged = deep_merge(raw, profiles.get(name) or {})
     for text in overrides:
         parts, value = parse_override(text)
@@ -549,6 +565,18 @@ def resolve(raw: dict, profile: str | None = None, overrides: typing.Sequence[st
     if not isinstance(model, dict):
         raise ConfigError("model: expected a mapping (preset: NAME plus field overrides)")
     return Params(profile=name, model=dict(model), source=source, **sections)
+
+
+def _check_plan_overlay(name: str, overlay: Any, base: dict) -> None:
+    """Refuse ``profiles.<name>.compare.trained`` unless it repeats the base list: dvc.yaml's train stage is a
+    foreach over the base ``compare.trained``, and DVC cannot read a profile overlay, so it could not follow."""
+    over = ((overlay or {}).get("compare") or {}) if isinstance(overlay, dict) else {}
+    if not isinstance(over, dict) or "trained" not in over:
+        return
+    default = [f.default_factory() for f in dataclasses.fields(CompareParams) if f.name == "trained"][0]
+    if over["trained"] != ((base.get("compare") or {}).get("trained", default)):
+        raise ConfigError(f"profiles.{name}.compare.trained: a profile cannot change the trained models (DVC's train "
+                          f"foreach reads the base compare.trained only); set compare.trained instead")
 
 
 def load_params(

@@ -1,17 +1,20 @@
 """Every model the project trains or evaluates: its name, its kind, its config, how it is built.
 
-Three kinds of name:
+Four kinds of name:
 
 - ``hamt``: HAMT as ``params.model`` describes it;
 - ``scratch``: a baseline architecture from transformers, trained from scratch by the same trainer on
   the same tokens and budget, parameter-matched to HAMT (``hamt.baselines``): ``gpt2-scratch`` with
   HAMT's count, ``gpt2-scratch-2x`` with twice it;
-- ``ablation``: ``ablation-<switch>``, HAMT with one switch of ``compare.ablations`` flipped;
+- ``ablation``: ``ablation-<switch>``, HAMT with one switch flipped (``ablation_overrides``);
 - ``pretrained``: published checkpoints evaluated zero-shot (never trained here).
 
-``training_plan(params)`` is THE list of models a comparison trains: the DVC ``train`` stage's
-``foreach`` (checked by a test), the flow's training fan-out and ``hamt compare`` all use it, so
-each trained model has its own stage instance, checkpoint folder and results folder.
+``training_plan(params)`` is THE list of models a comparison trains, ``compare.trained`` as written in
+params.yaml's base section (no profile may change it, ``hamt.params`` refuses that): dvc.yaml's ``train``
+stage is ``foreach: ${compare.trained}`` (a test checks the two agree), the flow's training fan-out
+iterates it, and ``hamt compare`` evaluates it (never training). Each trained model has its own stage
+instance ``train@<name>``, checkpoint folder ``<train.out_dir>/<name>`` and results folder
+``<train.results_dir>/<name>``.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def describe(name: str) -> str:
 
 
 def ablation_overrides(switch: str) -> dict:
-    """HAMTConfig overrides of one ablation name (see ``hamt.params.ABLATION_PATTERN``)."""
+    """HAMTConfig overrides of one ablation switch (``ablation-<switch>``; the only place that parses them)."""
     fixed = {"gating-on": {"use_gating": True}, "gating-off": {"use_gating": False},
              "aux-on": {"use_auxiliary_loss": True}, "aux-off": {"use_auxiliary_loss": False},
              "conv-off": {"conv_kernel": 0}}
@@ -67,20 +70,24 @@ def ablation_overrides(switch: str) -> dict:
         return {"num_slots": int(num)}
     if head == "conv" and num.isdigit():
         return {"conv_kernel": int(num)}
-    raise ConfigError(f"compare.ablations: unknown ablation {switch!r}; use gating-on|off, aux-on|off, conv-off|conv-K, slots-N")
+    raise ConfigError(f"unknown ablation {switch!r}; use ablation-<switch> with gating-on|off, aux-on|off, conv-off|conv-K, slots-N")
 
 
 def training_plan(params) -> list[str]:
-    """The models a comparison trains, in order: ``hamt``, the from-scratch baselines, the ablations."""
-    names = ["hamt"] + [b for b in params.compare.baselines if kind_of(b) == "scratch"]
-    names += [ABLATION_PREFIX + a for a in params.compare.ablations]
-    return list(dict.fromkeys(names))
+    """The models a comparison trains, in order: ``compare.trained`` (hamt, scratch baselines, ablations)."""
+    for n in params.compare.trained:
+        if kind_of(n) not in TRAINED_KINDS:
+            raise ConfigError(f"compare.trained: {n!r} is a pretrained model; it is evaluated, never trained here")
+    return list(dict.fromkeys(params.compare.trained))
 
 
 def evaluation_plan(params, baselines: list[str] | None = None) -> list[str]:
-    """The models a comparison evaluates: HAMT, the baselines (compare.baselines unless given), the ablations."""
-    names = ["hamt"] + list(params.compare.baselines if baselines is None else baselines)
-    names += [ABLATION_PREFIX + a for a in params.compare.ablations]
+    """The models a comparison evaluates: HAMT, the scratch baselines, the pretrained baselines (compare.baselines
+    unless given), the ablations. The trained ones come from ``training_plan``; nothing here is trained."""
+    trained = training_plan(params)
+    names = ["hamt"] + [n for n in trained if kind_of(n) == "scratch"]
+    names += list(params.compare.baselines if baselines is None else baselines)
+    names += [n for n in trained if kind_of(n) == "ablation"]
     for n in names:
         kind_of(n)  # unknown names fail before any work
     return list(dict.fromkeys(names))

@@ -22,7 +22,8 @@ def dvc_stage_commands() -> dict[str, str]:
     """stage name -> the hamt subcommand its cmd runs."""
     out = {}
     for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
-        m = re.fullmatch(r"hamt (\w+)", stage["cmd"].strip())
+        cmd = stage.get("do", stage)["cmd"].strip()  # a foreach stage's command is under `do`
+        m = re.fullmatch(r"hamt (\w+)(?: --model \$\{item\})?", cmd)
         assert m, f"dvc stage {name}: cmd must be one `hamt <command>` call, got {stage['cmd']!r}"
         out[name] = m.group(1)
     return out

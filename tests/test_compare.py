@@ -1,4 +1,4 @@
-"""``hamt compare``: rows for every model, skipped ones with their reason, results files, ablations via the trainer."""
+"""``hamt compare``: rows for every model, skipped and stale ones with their reason, results files; it never trains."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ FAST = [
     "compare.decode_tokens=2", "compare.recall_pairs=[1, 2]", "compare.recall_samples=4", "compare.throughput_steps=1",
     "compare.generate_tokens=4", "compare.eval_max_tokens=300",
 ]
+# The trained models' budget here (the training and the evaluating parameters must agree, or the rows are stale).
+TRAIN = ["train.max_steps=2", "train.eval_every=2", "train.ckpt_every=2", "train.log_every=1", "train.warmup_steps=1"]
 
 
 def micro_params(base: Path, *extra: str):
@@ -31,7 +33,7 @@ def micro_params(base: Path, *extra: str):
         f"validate.out_dir={base / 'results/validate'}", f"report.out_dir={base / 'results'}",
         f"report.bench_dir={base / 'results/bench'}", "train.device=cpu",
     ]
-    return load_params(ROOT / "params.yaml", "micro", sets + FAST + list(extra))
+    return load_params(ROOT / "params.yaml", "micro", sets + FAST + TRAIN + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +58,21 @@ def with_tokens(tokens: Path, tmp_path: Path, *extra: str):
     return params
 
 
-def save_hamt(params, name: str = "hamt"):
-    from hamt.model import HAMTForCausalLM
+@pytest.fixture(scope="module")
+def trained(tokens) -> Path:
+    """hamt, gpt2-scratch and ablation-aux-on trained by ``hamt.train`` for 2 steps (shared, read-only)."""
+    from hamt.train import train
 
-    model = HAMTForCausalLM(params.model_config())
-    model.save_pretrained(Path(params.train.out_dir) / name / "final")
-    return model
+    params = use_trained(with_tokens(tokens, tokens), tokens)
+    for name in ("hamt", "gpt2-scratch", "ablation-aux-on"):
+        train(params, model=name)
+    return tokens
+
+
+def use_trained(params, trained: Path):
+    params.train.out_dir = str(trained / "ckpt")
+    params.train.results_dir = str(trained / "results/train")
+    return params
 
 
 def save_gpt2(path: Path, vocab: int = 512, n_positions: int = 64):
@@ -72,11 +83,9 @@ def save_gpt2(path: Path, vocab: int = 512, n_positions: int = 64):
     GPT2LMHeadModel(cfg).save_pretrained(path)
 
 
-def test_compare_writes_one_row_per_model_and_skips_with_reasons(tokens, tmp_path):
-    params = with_tokens(tokens, tmp_path)
-    save_hamt(params)
-    save_gpt2(Path(params.train.out_dir) / "gpt2-scratch" / "final")
-    result = cmp.compare(params, baselines=["gpt2-scratch", "gpt2", "EleutherAI/pythia-70m"])
+def test_compare_writes_one_row_per_model_and_skips_with_reasons(tokens, trained, tmp_path):
+    params = use_trained(with_tokens(tokens, tmp_path, "compare.trained=[hamt, gpt2-scratch]"), trained)
+    result = cmp.compare(params, baselines=["gpt2", "EleutherAI/pythia-70m"])
     rows = {r["name"]: r for r in result["rows"]}
     assert list(rows) == ["hamt", "gpt2-scratch", "gpt2", "EleutherAI/pythia-70m"]
     for name in ("hamt", "gpt2-scratch"):
@@ -156,15 +165,63 @@ def test_missing_hamt_is_a_skipped_row_and_a_failing_cli(tokens, tmp_path, capsy
     assert "HAMT itself was not evaluated" in capsys.readouterr().err
 
 
-def test_ablation_is_trained_through_the_trainer_with_its_switch(tokens, tmp_path):
-    params = with_tokens(tokens, tmp_path, "train.max_steps=3", "train.eval_every=3", "train.ckpt_every=3",
-                         "train.log_every=1", "train.warmup_steps=1")
+def test_compare_never_trains_a_missing_model(tokens, tmp_path, monkeypatch):
+    import hamt.train
+
+    monkeypatch.setattr(hamt.train, "train", lambda *a, **k: pytest.fail("compare must not train"))
+    params = with_tokens(tokens, tmp_path)
+    for name in ("gpt2-scratch", "ablation-slots-1"):
+        row = cmp.run_baseline(params, name)
+        assert row["status"] == "skipped" and f"run `hamt train --model {name}` (or `dvc repro`)" in row["reason"]
+        assert not (Path(params.train.out_dir) / name).exists()
+
+
+def test_ablation_row_is_its_trained_switch(tokens, trained, tmp_path):
+    params = use_trained(with_tokens(tokens, tmp_path), trained)
     row = cmp.run_baseline(params, "ablation-aux-on")
     assert row["status"] == "ok", row["reason"]
     cfg = json.loads((Path(params.train.out_dir) / "ablation-aux-on" / "final" / "config.json").read_text())
     assert cfg["use_auxiliary_loss"] is True
     assert row["hamt_switches"]["use_auxiliary_loss"] is True and row["config"] == {"use_auxiliary_loss": True}
-    assert row["tokens_seen"] == 3 * params.train.batch_size * params.train.seq_len and row["train_steps"] == 3
+    assert row["tokens_seen"] == 2 * params.train.batch_size * params.train.seq_len and row["train_steps"] == 2
+    assert row["checkpoint"].endswith("step_00000002.pt")
+
+
+@pytest.mark.parametrize("change, names, why", [
+    ("train.lr=0.002", ["hamt", "gpt2-scratch", "ablation-aux-on"], "train.lr: 0.003 when trained, 0.002 now"),
+    ("train.max_steps=3", ["hamt"], "train.max_steps: 2 when trained, 3 now"),
+    ("model.num_slots=3", ["hamt", "ablation-aux-on"], "model config.num_slots: 2 when trained, 3 now"),
+    ("model.hidden_dim=48", ["gpt2-scratch"], "model config.n_embd"),  # the matched GPT-2 follows HAMT's size
+])
+def test_a_checkpoint_trained_with_other_parameters_is_a_stale_row(tokens, trained, tmp_path, change, names, why):
+    params = use_trained(with_tokens(tokens, tmp_path, change), trained)
+    for name in names:
+        row = cmp.run_baseline(params, name)
+        assert row["status"] == "stale" and why in row["reason"], row["reason"]
+        assert f"run `hamt train --model {name}`" in row["reason"] and "\n" not in row["reason"]
+        assert row["ppl"] is None  # never evaluated
+    # what only says how a run executes does not make it stale
+    same = use_trained(with_tokens(tokens, tmp_path, "train.log_every=7", "train.micro_batch_size=4"), trained)
+    assert cmp.run_baseline(same, "hamt")["status"] == "ok"
+
+
+def test_a_model_trained_on_other_tokens_is_stale(tokens, trained, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(Path(trained) / "ckpt" / "hamt", ckpt / "hamt")
+    meta = json.loads((ckpt / "hamt/final/meta.json").read_text())
+    meta["tokenizer_sha256"] = "0" * 64
+    (ckpt / "hamt/final/meta.json").write_text(json.dumps(meta))
+    params = with_tokens(tokens, tmp_path)
+    params.train.results_dir = str(Path(trained) / "results/train")
+    row = cmp.run_baseline(params, "hamt")
+    assert row["status"] == "stale" and "tokens.tokenizer_sha256" in row["reason"]
+    # a final/ folder without the training checkpoint that says how it was made is not evaluated either
+    for f in (ckpt / "hamt").glob("step_*"):
+        f.unlink()
+    row = cmp.run_baseline(params, "hamt")
+    assert row["status"] == "skipped" and "records what" in row["reason"]
 
 
 def test_registry_names_and_ablation_switches():
@@ -179,19 +236,10 @@ def test_registry_names_and_ablation_switches():
 
 def test_unknown_ablation_or_baseline_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="unknown ablation"):
-        micro_params(tmp_path, "compare.ablations=[no-such-switch]")
-    params = micro_params(tmp_path, "compare.baselines=[gpt5]")
+        micro_params(tmp_path, "compare.trained=[hamt, ablation-no-such-switch]")
     with pytest.raises(ConfigError, match="unknown model"):
-        cmp.compare(params)
-    names = zoo.evaluation_plan(micro_params(tmp_path, "compare.ablations=[slots-1]", "compare.baselines=[gpt2-scratch]"))
-    assert names == ["hamt", "gpt2-scratch", "ablation-slots-1"]
-
-
-def test_interrupted_baseline_training_stops_the_stage(tokens, tmp_path, monkeypatch):
-    """SIGINT inside the trainer returns an 'interrupted' summary: compare must stop, not skip to the next model."""
-    import hamt.train
-
-    monkeypatch.setattr(hamt.train, "train", lambda *a, **k: {"interrupted": True})
-    params = with_tokens(tokens, tmp_path)
-    with pytest.raises(KeyboardInterrupt):
-        cmp.run_baseline(params, "gpt2-scratch")
+        micro_params(tmp_path, "compare.baselines=[gpt5]")
+    names = zoo.evaluation_plan(micro_params(tmp_path, "compare.trained=[hamt, ablation-slots-1, gpt2-scratch]",
+                                             "compare.baselines=[gpt2]"))
+    assert names == ["hamt", "gpt2-scratch", "gpt2", "ablation-slots-1"]
+    assert zoo.training_plan(micro_params(tmp_path)) == micro_params(tmp_path).compare.trained

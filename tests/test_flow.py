@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from test_dvc import DVC, GIT, dvc, make_repo, tool_env
+from test_dvc import DVC, FAST_TRAINED, GIT, dvc, make_repo, tool_env
 
 sys.path.insert(0, str(ROOT / "flows"))
 import orchestration as orc  # noqa: E402
@@ -84,6 +84,8 @@ def test_train_command_uses_torchrun_for_several_processes(tmp_path):
     four = orc.train_command(tmp_path / "p.yaml", 4, resume=True)
     assert four[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     assert four[5:9] == ["-m", "hamt.cli", "train", "--params"] and four[-1] == "--resume"
+    assert orc.train_command(tmp_path / "p.yaml", 1, resume=False, model="ablation-slots-1")[-2:] == [
+        "--model", "ablation-slots-1"]
 
 
 def test_nproc_per_node(monkeypatch):
@@ -251,9 +253,15 @@ def test_flow_run_records_artifacts(workspace, primary_run):
     assert d.train_metrics["steps"] == 20 and d.train_metrics["val_loss"] > 0
     assert d.git["commit"] == subprocess.run([GIT, "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                                              text=True).stdout.strip()
+    # the training fan-out is the plan (dvc.yaml's train foreach); compare evaluated what it trained
+    assert d.training_names == FAST_TRAINED and set(d.training_results) == set(FAST_TRAINED)
+    assert all(r["ok"] for r in d.training_results.values()), {n: r["reason"] for n, r in d.training_results.items()}
+    assert d.training_results["ablation-slots-1"]["command"][-2:] == ["--model", "ablation-slots-1"]
+    assert sorted(t.data.model_name for t in primary_run["train_model"]) == sorted(FAST_TRAINED)
     rows = {r["name"]: r for r in d.comparison_rows}
-    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2-scratch-2x", "gpt2"]
-    assert all(rows[n]["status"] == "ok" for n in ("hamt", "gpt2-scratch", "gpt2-scratch-2x"))
+    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2", "ablation-slots-1"]
+    assert all(rows[n]["status"] == "ok" for n in FAST_TRAINED), {n: rows[n]["reason"] for n in FAST_TRAINED}
+    assert rows["ablation-slots-1"]["hamt_switches"]["num_slots"] == 1
     assert rows["gpt2"]["status"] == "skipped" and "tokenizer" in rows["gpt2"]["reason"]
     assert d.report_markdown.startswith("# ") and "<html" in d.report_html.lower()
     assert "primary_ok" in [s.id for s in primary_run] and "fallback" not in [s.id for s in primary_run]
@@ -266,8 +274,8 @@ def test_every_step_has_a_card(workspace, primary_run, monkeypatch):
 
     monkeypatch.chdir(workspace[0])  # the card client looks for .metaflow from here
     steps = {s.id: s for s in primary_run}
-    assert set(steps) >= {"start", "download", "tokenize", "validate_small", "train", "register_model", "compare",
-                          "compare_join", "report", "end"}
+    assert set(steps) >= {"start", "download", "tokenize", "validate_small", "train", "register_model", "train_model",
+                          "train_join", "plan_compare", "compare", "compare_join", "report", "end"}
     for name, step in steps.items():
         if name == "primary_ok":
             continue  # a one-line step without a card
@@ -288,7 +296,8 @@ def test_flow_outputs_are_what_dvc_records(workspace, primary_run):
     assert json.loads(dvc(repo, "status", "--json", env=env)) == {}
     assert "Running stage" not in dvc(repo, "repro", env=env)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "tokenize", "validate", "train", "compare", "report"}
+    assert set(lock["stages"]) == {"download", "tokenize", "validate", *(f"train@{m}" for m in FAST_TRAINED), "compare",
+                                   "report"}
 
 
 @needs_tools
