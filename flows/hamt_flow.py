@@ -84,14 +84,16 @@ class HAMTFlow(FlowSpec):
     @card(**CARD)
     @step
     def download(self):
-        """Raw text into data/raw (hub or local folder); the manifest pins each split by sha256."""
+        """Raw text into data/raw (hub, local folder or the generated corpus); the manifest pins each split by sha256."""
         from metaflow.cards import Markdown
 
-        from hamt.data import download
+        from hamt.data import corpus_description, download
 
         orc.enter_workdir()
         self.data_manifest = download(self._params())
         self.data_sha256 = {s: v["sha256"] for s, v in self.data_manifest["splits"].items()}
+        self.corpus = corpus_description(self.data_manifest)
+        current.card.append(Markdown(f"## Data: {self.corpus}"))
         current.card.append(orc.table([{"split": s, **v} for s, v in self.data_manifest["splits"].items()]))
         current.card.append(Markdown("Source:\n\n" + orc.yaml_block(self.data_manifest.get("source"))))
         self.next(self.tokenize)

@@ -293,6 +293,7 @@ def test_flow_outputs_are_what_dvc_records(workspace, primary_run):
     repo, env = workspace
     d = primary_run["end"].task.data
     assert d.dvc["status"] == "committed", d.dvc
+    assert d.corpus.startswith("local text"), d.corpus  # the download step names the data it used
     assert json.loads(dvc(repo, "status", "--json", env=env)) == {}
     assert "Running stage" not in dvc(repo, "repro", env=env)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())

@@ -17,6 +17,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from hamt.data import corpus_description, corpus_floor
 from hamt.io import read_json
 
 
@@ -33,7 +34,10 @@ def collect(params) -> dict:
     cdir, bdir = Path(params.compare.out_dir), Path(params.report.bench_dir)
     bench = {p.stem: _read_json(p, errors, (dict, list)) for p in sorted(bdir.glob("*.json"))} if bdir.is_dir() else {}
     meta = _read_json(Path(params.tokenizer.tokens_dir) / "meta.json", errors, dict) or {}
+    source = meta.get("raw_source") or {}
     return {
+        "corpus": corpus_description(source) if source else params.data.dataset,
+        "floor": corpus_floor(source, params.compare.eval_split) if source else None,
         "profile": params.profile,
         "model": dict(params.model),
         "dataset": params.data.dataset,

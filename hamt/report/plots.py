@@ -8,6 +8,7 @@ key, caption, function. HAMT is always drawn in red. matplotlib is imported only
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -76,6 +77,11 @@ def plot_quality(results: dict, out: Path) -> Path | str:
         ax.set_title(label)
         ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 1000 else f"{v:.3g}", fontsize=7)
         ax.grid(axis="y", alpha=0.3)
+        floor = results.get("floor")
+        if floor and key in ("bpb", "word_ppl"):  # the generated corpus's true floor: what no model can beat
+            y = floor["bits_per_byte"] if key == "bpb" else math.exp(floor["nats_per_word"])
+            ax.axhline(y, color="black", linestyle="--", linewidth=1, label="entropy floor")
+            ax.legend(fontsize=7)
     fig.suptitle("Quality on the evaluated split (lower is better; token perplexity depends on the tokenizer)")
     fig.tight_layout()
     return _save(fig, out / "quality.png")

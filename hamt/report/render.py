@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,21 @@ from hamt.report.plots import PLOTS
 from hamt.tables import cell, md_table
 
 
+def _floor_text(floor: dict | None) -> str:
+    if not floor:
+        return ""
+    return (f" The generated corpus has a known entropy: no model can score its {floor['split']} split below "
+            f"{floor['bits_per_byte']:.3f} bits per byte (word perplexity {math.exp(floor['nats_per_word']):.1f}); "
+            f"a model perfect at all but the key-value recall would score {floor['recall_blind_bits_per_byte']:.3f}.")
+
+
 def build_document(results: dict, plots: dict[str, Path | str], ledger: list[dict], title: str) -> list[tuple]:
     """The report as blocks: setup, claims ledger, figures, tables, validation, sample, criteria, definitions."""
     comp = results.get("compare") or {}
     env = comp.get("env") or {}
     rows = comp.get("rows") or []
     doc: list[tuple] = [("h1", title)]
+    doc.append(("p", f"**Data: {results.get('corpus') or results.get('dataset')}.**" + _floor_text(results.get("floor"))))
     doc.append(("p", f"Profile **{results.get('profile')}** (model {preset_of(results)}), data "
                      f"{results.get('dataset')}, tokenizer {results.get('tokenizer')}; device {env.get('device_name', 'n/a')}; "
                      f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}; {env.get('time', '')}."))

@@ -46,3 +46,15 @@ def test_markdown_table_cells_stay_in_their_row_and_html_escapes():
 def test_verdict_cells_are_coloured_in_html():
     page = render.render_html([("table", ["verdict"], [[S], [R], [claims.NOT_MEASURED]])], {}, "T")
     assert all(f"class='{c}'" in page for c in ("v-supported", "v-refuted", "v-not"))
+
+
+def test_the_first_line_names_the_corpus_and_its_floor():
+    from hamt.report.render import build_document
+
+    floor = {"split": "test", "bits_per_byte": 0.5905, "nats_per_word": 2.41, "recall_blind_bits_per_byte": 0.63}
+    doc = build_document({"corpus": "synthetic corpus (seed 0, entropy floor 0.590 bits/byte)", "floor": floor},
+                         {}, [], "T")
+    assert doc[1][0] == "p" and doc[1][1].startswith("**Data: synthetic corpus (seed 0")
+    assert "0.591 bits per byte" in doc[1][1] and "word perplexity 11.1" in doc[1][1]
+    wiki = build_document({"corpus": "WikiText-2 (hub)", "floor": None}, {}, [], "T")
+    assert wiki[1][1] == "**Data: WikiText-2 (hub).**"
