@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from hamt.errors import CheckpointError, DataError, HAMTError
+from hamt.tables import cell
 from hamt.zoo import (
     ABLATION_PREFIX,
     REGISTRY,
@@ -579,13 +580,9 @@ def format_table(rows: list[dict]) -> str:
         if r["status"] != "ok":
             lines.append(f"{r['name']:28s} {r['status']:8s} {r['reason']}")
             continue
-        lines.append(f"{r['name']:28s} {'ok':8s} {r['params']:>11,} {_f(r['ppl'], 2):>9s} {_f(r['bpb'], 3):>7s} "
-                     f"{_f(r['word_ppl'], 1):>10s} {_f(r['recall_acc'], 3):>7s}")
+        lines.append(f"{r['name']:28s} {'ok':8s} {r['params']:>11,} {cell(r['ppl'], 2):>9s} {cell(r['bpb'], 3):>7s} "
+                     f"{cell(r['word_ppl'], 1):>10s} {cell(r['recall_acc'], 3):>7s}")
     return "\n".join(lines)
-
-
-def _f(v, digits: int) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _first_line(e: BaseException) -> str:

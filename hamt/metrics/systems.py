@@ -36,6 +36,10 @@ def matmul_params(model) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in lookup)
 
 
+# model types whose mixer is attention over the whole context (counted as 12 L T d in flops_per_token)
+ATTENTION_MODEL_TYPES = ("gpt2", "llama", "gpt_neox", "mistral", "qwen2")
+
+
 def _layers_width(cfg) -> tuple[int, int]:
     L = getattr(cfg, "n_layer", None) or getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", 0)
     d = getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size", None) or getattr(cfg, "hidden_dim", 0)
@@ -79,8 +83,6 @@ def flops_per_token(model, seq_len: int) -> dict:
         mixer = 0.0
     return {"matmul": float(mm), "mixer": float(mixer), "total": float(mm + mixer)}
 
-
-ATTENTION_MODEL_TYPES = ("gpt2", "llama", "gpt_neox", "mistral", "qwen2")
 
 # Dense peak FLOP/s of common accelerators: (bf16/fp16 tensor cores, fp32 via TF32 tensor cores).
 # From the vendors' datasheets (dense, no sparsity). Matched on the device name; first match wins.
