@@ -21,6 +21,14 @@ from hamt.data import corpus_description, corpus_floor
 from hamt.io import read_json
 
 
+def _dataset_used(source: dict, configured: str) -> str:
+    """The data the tokens came from: the hub's dataset name, "synthetic" for the generated corpus, else the
+    configured name (a local folder is taken to be what data.dataset says, as before)."""
+    if source.get("kind") == "synthetic":
+        return "synthetic"
+    return source.get("dataset") or configured
+
+
 def collect(params) -> dict:
     """Every result file the report reads, in one dict (the input of the claims ledger and the plots)."""
     errors: list[dict] = []
@@ -40,7 +48,7 @@ def collect(params) -> dict:
         "floor": corpus_floor(source, params.compare.eval_split) if source else None,
         "profile": params.profile,
         "model": dict(params.model),
-        "dataset": params.data.dataset,
+        "dataset": _dataset_used(source, params.data.dataset),
         "tokenizer": (meta.get("tokenizer") or {}).get("kind"),
         "compare": _read_json(cdir / "results.json", errors, dict),
         "recall": _read_json(cdir / "recall.json", errors, dict),

@@ -58,3 +58,11 @@ def test_the_first_line_names_the_corpus_and_its_floor():
     assert "0.591 bits per byte" in doc[1][1] and "word perplexity 11.1" in doc[1][1]
     wiki = build_document({"corpus": "WikiText-2 (hub)", "floor": None}, {}, [], "T")
     assert wiki[1][1] == "**Data: WikiText-2 (hub).**"
+
+
+def test_a_synthetic_corpus_is_never_reported_as_wikitext():
+    from hamt.report.collect import _dataset_used
+
+    assert _dataset_used({"kind": "synthetic", "settings": {"seed": 0}}, "wikitext-2-raw-v1") == "synthetic"
+    assert _dataset_used({"kind": "hub", "dataset": "wikitext-103-raw-v1"}, "wikitext-2-raw-v1") == "wikitext-103-raw-v1"
+    assert _dataset_used({}, "wikitext-2-raw-v1") == "wikitext-2-raw-v1"
