@@ -391,6 +391,47 @@ class BenchTokenizeParams:
     repeats: int = 3
 
 
+RECALL_MODELS = ("hamt", "llama", "mamba")  # the architectures `hamt bench recall` builds (hamt.bench.recall)
+
+
+@dataclass
+class BenchRecallParams:
+    """MQAR on the Zoology grid (``hamt bench recall``; not part of ``hamt bench all``: it trains models)."""
+
+    # architectures compared at the same width: hamt | llama | mamba
+    models: list[str] = field(default_factory=lambda: ["hamt", "llama", "mamba"])
+    # model widths d (Zoology: 64, 128, 256)
+    d_models: list[int] = field(default_factory=lambda: [64, 128, 256])
+    # blocks per model (Zoology: 2)
+    layers: int = 2
+    # (sequence length, key-value pairs) cells (Zoology: (64,4) (128,8) (256,16), (512,64) where affordable)
+    grid: list[list[int]] = field(default_factory=lambda: [[64, 4], [128, 8], [256, 16]])
+    # vocabulary (Zoology: 8,192)
+    vocab_size: int = 8192
+    # learning rates tried per cell; the best one's row is kept (Zoology: 4 of them)
+    lrs: list[float] = field(default_factory=lambda: [1.0e-4, 4.6e-4, 2.2e-3, 1.0e-2])
+    # AdamW steps per cell; every batch is fresh, so training examples = steps x batch_size
+    steps: int = 300
+    # sequences per step
+    batch_size: int = 64
+    # sequences evaluated per cell
+    eval_samples: int = 256
+    # seed of the training batches and the initialisation
+    seed: int = 0
+
+    def validate(self) -> None:
+        unknown = [m for m in self.models if m not in RECALL_MODELS]
+        _require(not unknown, f"bench.recall.models: unknown {unknown}; choose from {', '.join(RECALL_MODELS)}")
+        for cell in self.grid:
+            _require(len(cell) == 2 and 4 * cell[1] <= cell[0],
+                     f"bench.recall.grid: each cell is [seq_len, pairs] with seq_len >= 4 x pairs, got {cell}")
+        _require(self.vocab_size >= 5 and self.d_models and min(self.d_models) >= 32 and self.layers >= 1,
+                 "bench.recall: need vocab_size >= 5, d_models >= 32 and layers >= 1")
+        _require(self.steps >= 1 and self.batch_size >= 1 and self.eval_samples >= 1 and self.lrs
+                 and all(0 < lr < 1 for lr in self.lrs),
+                 "bench.recall: need steps, batch_size, eval_samples >= 1 and learning rates in (0, 1)")
+
+
 @dataclass
 class BenchParams:
     """Benchmarks (``hamt bench model|memory|decode|tokenize|all``); its flags override these."""
@@ -427,6 +468,8 @@ class BenchParams:
         contexts=[256, 1024, 4096, 16384, 32768], memory_batch=16))
     # the tokenization bench
     tokenize: BenchTokenizeParams = field(default_factory=BenchTokenizeParams)
+    # the MQAR recall grid
+    recall: BenchRecallParams = field(default_factory=BenchRecallParams)
 
     def validate(self) -> None:
         for k in ("repeats", "memory_seq_len", "decode_steps", "prefill_chunk"):
@@ -440,6 +483,7 @@ class BenchParams:
                 _require(getattr(d, k) >= 1, f"bench.{dev}.{k}: must be >= 1")
         _require(self.tokenize.repeats >= 1 and self.tokenize.vocab_size >= 260,
                  "bench.tokenize: repeats must be >= 1 and vocab_size >= 260")
+        self.recall.validate()
 
 
 SECTIONS: dict[str, type] = {

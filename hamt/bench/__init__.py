@@ -9,6 +9,8 @@ writes ``<report.bench_dir>/<name>.json`` (a list of rows, each carrying the sam
 * ``memory`` (``hamt.bench.memory``): the memory scan alone, each mode against its bandwidth floor.
 * ``decode`` (``hamt.bench.decode``): per-token latency and state bytes against the context.
 * ``tokenize`` (``hamt.bench.tokenize``): tokenizer training and encoding speed.
+* ``recall`` (``hamt.bench.recall``): MQAR on the Zoology grid, HAMT vs Llama vs Mamba2 at the same
+  width, trained from scratch (settings ``bench.recall``). Not part of ``all``: it trains many models.
 
 Every setting comes from the ``bench`` section of params.yaml (device-specific lengths under
 ``bench.cpu`` / ``bench.cuda``); the flags below override it, as does ``--set bench.KEY=VALUE``. This
@@ -22,13 +24,14 @@ from pathlib import Path
 
 from hamt.errors import ConfigError
 
-BENCHES = ("model", "memory", "decode", "tokenize")
+BENCHES = ("model", "memory", "decode", "tokenize")  # what ``all`` runs
+TRAINED = ("recall",)  # benchmarks that train models: run by name only
 
 
 def add_arguments_bench(parser: argparse.ArgumentParser) -> None:
     """The flags of ``hamt bench``; each one left out keeps the ``bench`` section's value."""
     add = parser.add_argument
-    add("what", choices=[*BENCHES, "all"], help="which benchmark to run")
+    add("what", choices=[*BENCHES, *TRAINED, "all"], help="which benchmark to run")
     add("--preset", default=None, help="model preset (bench.preset; default: the profile's model section)")
     add("--vocab-size", type=int, default=None, help="override the model's vocabulary size (bench.vocab_size)")
     add("--seq-lens", type=int, nargs="+", default=None, help="model bench sequence lengths (bench.<device>.seq_lens)")
@@ -74,7 +77,7 @@ def options(params, args, device) -> dict:
         results_dir=pick("results_dir", params.report.bench_dir),
         # the trainer's settings where the trainer's step is measured, and its MFU denominator
         lr=params.train.lr, grad_clip=params.train.grad_clip, peak_flops=params.train.peak_flops,
-        tokenize=b.tokenize,
+        tokenize=b.tokenize, recall=b.recall,
     )
     for key in ("seq_lens", "contexts"):
         if any(n < 2 for n in opts[key]):
@@ -101,13 +104,14 @@ def model_config(params, opts: dict):
 
 def run(what: str, params, opts: dict, device, command: str) -> tuple[list[dict], str]:
     """One benchmark: (rows with the metadata, markdown table)."""
-    from hamt.bench import decode, memory, meta, model, tokenize
+    from hamt.bench import decode, memory, meta, model, recall, tokenize
 
     info = meta.metadata(device, command, opts)
-    if what == "tokenize":
-        rows = tokenize.bench_tokenize(opts["tokenize"])
+    if what in ("tokenize", "recall"):
+        module = tokenize if what == "tokenize" else recall
+        rows = tokenize.bench_tokenize(opts["tokenize"]) if what == "tokenize" else recall.bench_recall(opts["recall"], device)
         rows = [{**info, **r} for r in rows]
-        return rows, tokenize.render(rows, info)
+        return rows, module.render(rows, info)
     module = {"model": model, "memory": memory, "decode": decode}[what]
     rows = getattr(module, f"bench_{what}")(model_config(params, opts), opts, device)
     rows = [{**info, **r} for r in rows]

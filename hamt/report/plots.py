@@ -217,10 +217,46 @@ def plot_recall(results: dict, out: Path) -> Path | str:
     return _save(fig, out / "recall.png")
 
 
+def plot_zoology(results: dict, out: Path) -> Path | str:
+    """``hamt bench recall``: accuracy against model width and against recurrent-state bytes (Zoology's views)."""
+    best = [r for r in bench_rows(results, "recall") if r.get("best") and "accuracy" in r]
+    if not best:
+        return "no MQAR grid results (run `hamt bench recall`)"
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    models = list(dict.fromkeys(r["model"] for r in best))
+    cells = sorted({(r["seq_len"], r["n_pairs"]) for r in best})
+    styles = ["-", "--", ":", "-."]
+    for i, m in enumerate(models):
+        color = _color(m, i)
+        for j, (T, n) in enumerate(cells):
+            pts = sorted((r["d_model"], r["accuracy"], r["state_bytes"]) for r in best
+                         if r["model"] == m and (r["seq_len"], r["n_pairs"]) == (T, n))
+            if not pts:
+                continue
+            label = f"{m} T={T}, {n} pairs"
+            axes[0].plot([p[0] for p in pts], [p[1] for p in pts], styles[j % 4], marker="o", color=color, label=label)
+            axes[1].plot([p[2] for p in pts], [p[1] for p in pts], styles[j % 4], marker="o", color=color, label=label)
+    _log2_axis(axes[0], [r["d_model"] for r in best])
+    axes[0].set_xlabel("model width d")
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("recurrent state bytes (batch 1, after one sequence)")
+    examples = sorted({r["train_examples"] for r in best})
+    axes[0].set_title(f"MQAR, vocabulary {best[0]['vocab_size']:,}, {', '.join(f'{e:,}' for e in examples)} examples")
+    axes[1].set_title("Accuracy against state size")
+    for ax in axes:
+        ax.set_ylabel("accuracy at query positions")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6, ncol=2)
+    return _save(fig, out / "zoology.png")
+
+
 PLOTS: list[tuple[str, str, Callable[[dict, Path], Path | str]]] = [
     ("loss_curves", "Training and validation loss of HAMT and the baselines", plot_loss_curves),
     ("quality", "Perplexity, bits per byte and word perplexity", plot_quality),
     ("speed", "Throughput and peak memory against sequence length", plot_speed),
     ("decoding", "Decoding latency and state size against context length", plot_decoding),
     ("recall", "Associative recall (MQAR) accuracy against the number of pairs", plot_recall),
+    ("zoology", "MQAR on the Zoology grid: accuracy against model width and against state bytes", plot_zoology),
 ]

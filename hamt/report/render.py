@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hamt.report.claims import NOT_MEASURED, REFUTED, SUPPORTED
-from hamt.report.collect import preset_of
+from hamt.report.collect import bench_rows, preset_of
 from hamt.report.plots import PLOTS
 from hamt.tables import cell, md_table
 
@@ -110,7 +110,24 @@ def _comparison_blocks(results: dict, rows: list[dict]) -> list[tuple]:
                          "pair counts: " + "; ".join(parts) + "."))
     elif rec:
         out.append(("note", f"MQAR probe {rec.get('status')}: {rec.get('reason')}"))
-    return out
+    return out + _zoology_blocks(results)
+
+
+def _zoology_blocks(results: dict) -> list[tuple]:
+    """The MQAR grid of ``hamt bench recall`` (results/bench/recall.json), when it was run."""
+    best = [r for r in bench_rows(results, "recall") if r.get("best")]  # each cell's best learning rate
+    if not best:
+        return []
+    examples = ", ".join(f"{e:,}" for e in sorted({r["train_examples"] for r in best}))
+    lrs = ", ".join(map(str, sorted({r["lr"] for r in bench_rows(results, "recall") if "lr" in r})))
+    return [("h3", "Associative recall at the Zoology standard (`hamt bench recall`)"),
+            ("p", f"MQAR, vocabulary {best[0]['vocab_size']:,}, {best[0]['layers']} layers, each architecture at the "
+                  f"same width, trained from scratch on {examples} examples per cell (Zoology: 100,000), best of "
+                  f"learning rates {lrs}; exact match at the query positions. Measured {best[0].get('date', '?')} "
+                  f"on {best[0].get('device', '?')}, commit {best[0].get('commit', '?')}."),
+            ("table", ["model", "d", "T", "pairs", "accuracy", "chance", "state bytes"],
+             [[r["model"], r["d_model"], r["seq_len"], r["n_pairs"], cell(r["accuracy"], 3), cell(r["chance"], 5),
+               f"{r['state_bytes']:,}"] for r in best])]
 
 
 def _validation_blocks(results: dict) -> list[tuple]:

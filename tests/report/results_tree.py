@@ -72,6 +72,13 @@ def make_results_tree(base: Path):
         {"model": m, "seq_len": T, "batch": 1, "status": "ok", "train_tok_s": f * 1000 / T ** 0.5, "infer_tok_s": f * 3000,
          "train_peak_mem_mb": 400 + T / 10 * f, "infer_peak_mem_mb": 380.0, "mem_source": "rss_reset"}
         for m, f in (("hamt", 1.0), ("gpt2", 2.0)) for T in (128, 512, 1024)]}))
+    bdir = base / "results/bench"  # hamt bench recall: two learning rates per cell, the better one marked best
+    bdir.mkdir(parents=True)
+    (bdir / "recall.json").write_text(json.dumps([
+        {"model": m, "d_model": d, "layers": 2, "seq_len": 64, "n_pairs": 4, "vocab_size": 8192, "lr": lr,
+         "accuracy": acc * d / 128 * (lr == 1e-3), "chance": 1 / 4096, "state_bytes": state * d, "train_examples": 19200,
+         "best": lr == 1e-3, "date": "2026-12-02 12:00 UTC", "device": "CPU: test", "commit": "abc1234"}
+        for m, acc, state in (("hamt", 0.5, 40), ("llama", 1.0, 512)) for d in (64, 128) for lr in (1e-3, 1e-2)]))
     vdir = base / "results/validate"
     vdir.mkdir(parents=True)
     (vdir / "metrics.json").write_text(json.dumps({"passed": True, "reasons": [], "checks": {

@@ -104,8 +104,7 @@ def test_flipping_an_input_flips_the_verdict(word, flip, expected):
 
 def test_bench_results_support_claims_and_are_plotted(tmp_path, fake_presets):
     params = make_results_tree(tmp_path)
-    bench = tmp_path / "results/bench"
-    bench.mkdir(parents=True)
+    bench = tmp_path / "results/bench"  # the tree already holds recall.json there
     (bench / "model.json").write_text(json.dumps([
         {"model": m, "seq_len": T, "tokens_per_s": 1000.0 * f, "peak_mb": 500.0, "activation_mb": T / 100 * f,
          "peak_how": "rss high-water mark", "hamt_speedup_vs_gpt2": 2.5, "device": "CPU: test", "preset": "tiny"}

@@ -12,6 +12,7 @@ def test_missing_results_skip_plots_with_a_note(tmp_path, fake_presets):
     params = make_results_tree(tmp_path)
     for f in ("speed.json", "recall.json", "results.json"):
         (tmp_path / "results/compare" / f).unlink()
+    (tmp_path / "results/bench/recall.json").unlink()
     out = report(params)
     assert set(out["plots"]) == {"loss_curves"}
     html = Path(out["html"]).read_text()

@@ -30,6 +30,10 @@ def test_report_renders_md_html_and_metrics_with_every_plot_embedded(tmp_path, f
     for doc in (md, html):
         assert "Claims ledger" in doc and "tokenizer mismatch: bpe tokens" in doc
         assert doc.count(S) >= 1 and doc.count(R) >= 1
+    # the MQAR grid: one row per cell at its best learning rate, with the examples it was trained on
+    zoo = md[md.index("Zoology standard"):]
+    assert "19,200 examples per cell" in zoo and "| llama | 128 | 64 | 4 | 1.000 |" in zoo
+    assert zoo.count("| hamt |") == 2 and "| hamt | 64 | 64 | 4 | 0.250 |" in zoo
     metrics = json.loads(Path(out["metrics"]).read_text())
     assert metrics["models"]["hamt"]["ppl"] == 130.0 and metrics["validate_passed"] is True
     assert sum(metrics["claims"].values()) == len(claims.CLAIMS)
