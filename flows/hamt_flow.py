@@ -29,6 +29,7 @@ inside the steps: each step is a new process.
 
 import os
 
+import cards
 import orchestration as orc
 
 orc.pin_local_datastore()  # before metaflow is imported: runs and cards both under <workdir>/.metaflow
@@ -76,8 +77,8 @@ class HAMTFlow(FlowSpec):
             f"# HAMT run {current.run_id}\n\nprofile **{self.run_profile}**, primary **{self.primary_profile}**, "
             f"fallback **{self.fallback_profile}**; overrides `{self.override_list}`; git `{self.git['commit']}`"
             f"{' (dirty)' if self.git['dirty'] else ''}; workdir `{self.workdir}`"))
-        current.card.append(orc.table([{"package": k, "version": v} for k, v in self.versions.items()]))
-        current.card.append(Markdown("## Resolved parameters\n\n" + orc.yaml_block(self.resolved_params)))
+        current.card.append(cards.table([{"package": k, "version": v} for k, v in self.versions.items()]))
+        current.card.append(Markdown("## Resolved parameters\n\n" + cards.yaml_block(self.resolved_params)))
         self.next(self.download)
 
     @retry(times=2, minutes_between_retries=1)  # the hub can fail transiently
@@ -94,8 +95,8 @@ class HAMTFlow(FlowSpec):
         self.data_sha256 = {s: v["sha256"] for s, v in self.data_manifest["splits"].items()}
         self.corpus = corpus_description(self.data_manifest)
         current.card.append(Markdown(f"## Data: {self.corpus}"))
-        current.card.append(orc.table([{"split": s, **v} for s, v in self.data_manifest["splits"].items()]))
-        current.card.append(Markdown("Source:\n\n" + orc.yaml_block(self.data_manifest.get("source"))))
+        current.card.append(cards.table([{"split": s, **v} for s, v in self.data_manifest["splits"].items()]))
+        current.card.append(Markdown("Source:\n\n" + cards.yaml_block(self.data_manifest.get("source"))))
         self.next(self.tokenize)
 
     @card(**CARD)
@@ -113,8 +114,8 @@ class HAMTFlow(FlowSpec):
         self.tokenizer_identity = {**self.tokenizer_meta["tokenizer"], "vocab_size": self.tokenizer_meta["vocab_size"],
                                    "sha256": self.tokenizer_meta["tokenizer_sha256"]}
         self.tokens_sha256 = dir_sha256(Path(params.tokenizer.tokens_dir))
-        current.card.append(orc.table([{"split": s, **v} for s, v in self.tokenizer_meta["splits"].items()]))
-        current.card.append(orc.table([{"tokenizer": k, "value": v} for k, v in self.tokenizer_identity.items()]))
+        current.card.append(cards.table([{"split": s, **v} for s, v in self.tokenizer_meta["splits"].items()]))
+        current.card.append(cards.table([{"tokenizer": k, "value": v} for k, v in self.tokenizer_identity.items()]))
         self.next(self.validate_small)
 
     @card(**CARD)
@@ -129,7 +130,7 @@ class HAMTFlow(FlowSpec):
         self.validation = validate_small(self._params())
         checks = [{"check": k, "passed": c["passed"], "detail": c["detail"]} for k, c in self.validation["checks"].items()]
         current.card.append(Markdown(f"## Validation {'passed' if self.validation['passed'] else 'FAILED'}"))
-        current.card.append(orc.table(checks))
+        current.card.append(cards.table(checks))
         if not self.validation["passed"]:
             raise orc.PipelineStopped(
                 "validate_small failed, so the expensive training was not started: "
@@ -145,11 +146,11 @@ class HAMTFlow(FlowSpec):
         """Train the primary profile; a failure (even a crash) is caught here and chooses the fallback branch."""
         orc.enter_workdir()
         params = self._params(self.primary_profile)
-        live = orc.LiveTraining(current.card, f"primary: {self.primary_profile}", params.train.max_steps)
+        live = cards.LiveTraining(current.card, f"primary: {self.primary_profile}", params.train.max_steps)
         self.primary_result = orc.run_training(params, faults=os.environ.get(orc.FAULTS_ENV, ""),
                                                resume=current.retry_count > 0, on_progress=live)
         self.fallback_result = None
-        for block in orc.training_blocks(self.primary_result, self.primary_profile, "primary"):
+        for block in cards.training_blocks(self.primary_result, self.primary_profile, "primary"):
             current.card.append(block)
         self.train_branch = "primary_ok" if self.primary_result["ok"] else "fallback"
         self.next({"primary_ok": self.primary_ok, "fallback": self.fallback}, condition="train_branch")
@@ -169,9 +170,9 @@ class HAMTFlow(FlowSpec):
         orc.enter_workdir()
         self.branch_reason = f"the primary profile {self.primary_profile} failed: {self.primary_result['reason']}"
         params = self._params(self.fallback_profile)
-        live = orc.LiveTraining(current.card, f"fallback: {self.fallback_profile}", params.train.max_steps)
+        live = cards.LiveTraining(current.card, f"fallback: {self.fallback_profile}", params.train.max_steps)
         self.fallback_result = orc.run_training(params, on_progress=live)
-        for block in orc.training_blocks(self.fallback_result, self.fallback_profile, "fallback"):
+        for block in cards.training_blocks(self.fallback_result, self.fallback_profile, "fallback"):
             current.card.append(block)
         if not self.fallback_result["ok"]:
             raise orc.PipelineStopped(f"{self.branch_reason}; the fallback profile {self.fallback_profile} failed too: "
@@ -202,9 +203,9 @@ class HAMTFlow(FlowSpec):
         current.card.append(Markdown(f"## Branch: `{self.train_branch}`\n\n{self.branch_reason}.\n\n"
                                      f"Model: `{self.checkpoint_dir}` (sha256 `{self.checkpoint_sha256['sha256']}`)"))
         if self.train_branch == "fallback":
-            for block in orc.training_blocks(self.primary_result, self.primary_profile, "primary (failed)"):
+            for block in cards.training_blocks(self.primary_result, self.primary_profile, "primary (failed)"):
                 current.card.append(block)
-        for block in orc.training_blocks(result, self.trained_profile, "trained model"):
+        for block in cards.training_blocks(result, self.trained_profile, "trained model"):
             current.card.append(block)
         current.card.append(Markdown(f"Next: train {', '.join(self.training_names[1:]) or 'nothing more'}; "
                                      f"compare {', '.join(self.compare_names)}"))
@@ -229,7 +230,7 @@ class HAMTFlow(FlowSpec):
             # one process each: several tasks at once would otherwise each claim every GPU
             self.model_result = orc.run_training(params, name=self.model_name, nproc=1,
                                                  resume=current.retry_count > 0)
-        for block in orc.training_blocks(self.model_result, self.trained_profile, self.model_name):
+        for block in cards.training_blocks(self.model_result, self.trained_profile, self.model_name):
             current.card.append(block)
         if not self.model_result["ok"] and self.model_name != "hamt":
             # compare gives this model a skipped row (no model in its folder) with the reason the card shows
@@ -248,7 +249,7 @@ class HAMTFlow(FlowSpec):
                  "steps": (r.get("metrics") or {}).get("steps"), "val_loss": (r.get("metrics") or {}).get("val_loss")}
                 for n, r in ((n, self.training_results[n]) for n in self.training_names)]
         current.card.append(Markdown("## Trained models (hamt.zoo.training_plan)"))
-        current.card.append(orc.table(rows))
+        current.card.append(cards.table(rows))
         self.next(self.plan_compare)
 
     @card(**CARD)
@@ -271,7 +272,7 @@ class HAMTFlow(FlowSpec):
         self.baseline = self.input
         self.cpu_threads = orc.share_cpu_threads(len(self.compare_names))  # the rows run side by side
         self.row = run_baseline(params, self.baseline)
-        current.card.append(orc.table([{"field": k, "value": v} for k, v in self.row.items()
+        current.card.append(cards.table([{"field": k, "value": v} for k, v in self.row.items()
                                        if not isinstance(v, (dict, list))]))
         self.next(self.compare_join)
 
@@ -291,7 +292,7 @@ class HAMTFlow(FlowSpec):
         self.recall_probe, self.speed_probe = result["recall"], result["speed"]
         current.card.append(Markdown("## HAMT against its baselines\n\nSame tokens, same metrics; a row that could "
                                      "not run says why. All columns: results/compare/results.csv."))
-        current.card.append(orc.table(self.comparison_rows, orc.COMPARE_COLUMNS))
+        current.card.append(cards.table(self.comparison_rows, cards.COMPARE_COLUMNS))
         for name, probe in (("MQAR recall probe", self.recall_probe), ("Speed probe", self.speed_probe)):
             current.card.append(Markdown(f"### {name}: {probe.get('status', 'ok')} {probe.get('reason', '')}"))
         self.next(self.report)
@@ -311,7 +312,7 @@ class HAMTFlow(FlowSpec):
         self.report_metrics = orc.read_json(Path(out["metrics"]))
         self.report_markdown = Path(out["md"]).read_text(encoding="utf-8")
         self.report_html = Path(out["html"]).read_text(encoding="utf-8")
-        for block in orc.report_blocks(self.report_markdown, out["plots"]):
+        for block in cards.report_blocks(self.report_markdown, out["plots"]):
             current.card.append(block)
         self.next(self.end)
 
