@@ -15,6 +15,9 @@
 
 The token ids ``hamt tokenize`` makes from this text are read by ``hamt/tokens.py``.
 
+One file (~440 lines) because the four sources are one decision: they share the split writer, the
+carving of missing splits and the manifest, and ``auto`` chooses among them; the parts read top to bottom.
+
 datasets is imported inside the functions that need it (the hub path only).
 """
 
