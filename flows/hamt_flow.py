@@ -7,9 +7,9 @@
 Parameters come from ``params.yaml`` through the Config ``cfg`` (the single source of truth); the run's
 profile and ``--set``-style overrides are the only Parameters, and neither repeats a default:
 
-    USERNAME=$USER python flows/hamt_flow.py run                                 # params.yaml's profile
-    USERNAME=$USER python flows/hamt_flow.py run --profile micro --overrides "train.max_steps=50;data.source=local"
-    USERNAME=$USER python flows/hamt_flow.py --config cfg other.yaml run         # another parameter file
+    python flows/hamt_flow.py run                                 # params.yaml's profile
+    python flows/hamt_flow.py run --profile micro --overrides "train.max_steps=50;data.source=local"
+    python flows/hamt_flow.py --config cfg other.yaml run         # another parameter file
 
 Training: the primary profile (``fallback.primary_profile``) trains in a child ``hamt train`` — under
 ``torchrun --standalone --nproc_per_node N`` when HAMT_NPROC_PER_NODE (default: every visible GPU) is
@@ -24,15 +24,18 @@ each (``hamt train --model NAME``; the HAMT task reuses the branch's model); ``c
 Every step runs in the repository root (or HAMT_WORKDIR), so it reads and writes the same data/,
 checkpoints/ and results/ as ``dvc repro``; the end step runs ``dvc commit -f`` when the run's parameters
 equal params.yaml's, so DVC then sees the flow's outputs as up to date. torch and hamt are imported
-inside the steps: each step is a new process.
+inside the steps: each step is a new process. A user error (bad overrides, no data, a missing checkpoint)
+ends the command in one line, repeated last, without a traceback unless HAMT_DEBUG=1 (flows/launch.py).
 """
 
 import os
 
 import cards
 import orchestration as orc
+from launch import default_user, main, user_errors
 
 orc.pin_local_datastore()  # before metaflow is imported: runs and cards both under <workdir>/.metaflow
+default_user()  # a user name Metaflow accepts when the environment has none (root, CI runners)
 
 from metaflow import Config, FlowSpec, Parameter, card, current, resources, retry, step, yaml_parser  # noqa: E402
 
@@ -57,6 +60,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def start(self):
         """Resolve and validate the parameters once; record them with the code version."""
         from metaflow.cards import Markdown
@@ -84,6 +88,7 @@ class HAMTFlow(FlowSpec):
     @retry(times=2, minutes_between_retries=1)  # the hub can fail transiently
     @card(**CARD)
     @step
+    @user_errors
     def download(self):
         """Raw text into data/raw (hub, local folder or the generated corpus); the manifest pins each split by sha256."""
         from metaflow.cards import Markdown
@@ -101,6 +106,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def tokenize(self):
         """Train or load the tokenizer; memmapped token ids in data/tokens."""
         from pathlib import Path
@@ -120,6 +126,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def validate_small(self):
         """A short small-model run must pass (loss falls, finite, generates, recalls) before the expensive one."""
         from metaflow.cards import Markdown
@@ -142,6 +149,7 @@ class HAMTFlow(FlowSpec):
     @retry(times=1)  # a lost machine: the retry resumes from the newest checkpoint
     @card(refresh_interval=5, **CARD)
     @step
+    @user_errors
     def train(self):
         """Train the primary profile; a failure (even a crash) is caught here and chooses the fallback branch."""
         orc.enter_workdir()
@@ -156,6 +164,7 @@ class HAMTFlow(FlowSpec):
         self.next({"primary_ok": self.primary_ok, "fallback": self.fallback}, condition="train_branch")
 
     @step
+    @user_errors
     def primary_ok(self):
         """The primary profile trained."""
         self.trained_profile = self.primary_profile
@@ -165,6 +174,7 @@ class HAMTFlow(FlowSpec):
     @resources(gpu=orc.env_int("HAMT_TRAIN_GPUS"), memory=16000, cpu=4)
     @card(refresh_interval=5, **CARD)
     @step
+    @user_errors
     def fallback(self):
         """The primary failed: train the fallback profile (on the same tokens)."""
         orc.enter_workdir()
@@ -182,6 +192,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def register_model(self):
         """Both branches meet here: record the trained model (path, sha256, metrics) and plan the comparison."""
         from pathlib import Path
@@ -215,6 +226,7 @@ class HAMTFlow(FlowSpec):
     @retry(times=1)  # a lost machine: the retry resumes from the newest checkpoint
     @card(**CARD)
     @step
+    @user_errors
     def train_model(self):
         """One model of the training plan (hamt.zoo.training_plan, dvc.yaml's train foreach): a baseline or an
         ablation trained afresh with the trained profile's parameters; HAMT itself was trained by the branch."""
@@ -239,6 +251,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def train_join(self, inputs):
         """Every model of the plan trained (or its failure recorded); compare evaluates them."""
         from metaflow.cards import Markdown
@@ -254,6 +267,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def plan_compare(self):
         """Fan the evaluation out: one compare task per model of hamt.zoo.evaluation_plan (a join cannot split)."""
         from metaflow.cards import Markdown
@@ -263,6 +277,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def compare(self):
         """One row of the comparison: HAMT, a baseline or an ablation, evaluated (never trained) from its folder."""
         from hamt.compare import run_baseline
@@ -278,6 +293,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def compare_join(self, inputs):
         """All rows together; the architecture probes (MQAR, speed); results/compare."""
         from metaflow.cards import Markdown
@@ -299,6 +315,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def report(self):
         """results/report.{md,html}, plots and metrics.json; the report is also this step's card."""
         from pathlib import Path
@@ -318,6 +335,7 @@ class HAMTFlow(FlowSpec):
 
     @card(**CARD)
     @step
+    @user_errors
     def end(self):
         """Keep DVC in step with the outputs; summarise the run."""
         from metaflow.cards import Markdown
@@ -336,4 +354,4 @@ class HAMTFlow(FlowSpec):
 
 
 if __name__ == "__main__":
-    HAMTFlow()
+    main(HAMTFlow)  # checks a run's arguments first; repeats a step's user error as the last line
