@@ -13,7 +13,7 @@ those of encoding the whole text at once) and encoded in parallel with ``encode_
 preceded by the end-of-text token, as GPT-2 marks document starts. The ids go to
 ``tokens_dir/{train,valid,test}.bin`` (uint16 when the vocabulary fits, else uint32) and
 ``meta.json`` records counts (tokens, UTF-8 bytes, words) and identities (tokenizer and raw-file
-sha256) that ``hamt.data.load_split`` checks before use. The folder is written atomically.
+sha256) that ``hamt.tokens.load_split`` checks before use. The folder is written atomically.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from typing import Iterator
 
 import numpy as np
 
-from hamt.data import (
-    META, SPLITS, TOKENIZER_FILE, hub_offline_setting, probe_hub, read_manifest, read_meta,
-)
+from hamt.data import SPLITS, hub_offline_setting, probe_hub, read_manifest
 from hamt.errors import DataError
 from hamt.io import atomic_dir, file_sha256, write_json_atomic
+from hamt.tokens import META, TOKENIZER_FILE, read_meta
 
 EOT = "<|endoftext|>"
 FORMAT_VERSION = 1

@@ -95,7 +95,7 @@ def evaluation_plan(params, baselines: list[str] | None = None) -> list[str]:
 
 def model_config_for(params, name: str, vocab_size: int):
     """The config model ``name`` is trained from, for tokens of ``vocab_size`` ids."""
-    from hamt.data import check_vocab
+    from hamt.tokens import check_vocab
 
     kind = kind_of(name)
     if kind == "hamt":

@@ -28,6 +28,7 @@ from conftest import ROOT
 from test_dvc import DVC, FAST_TRAINED, GIT, dvc, make_repo, tool_env
 
 sys.path.insert(0, str(ROOT / "flows"))
+import cards  # noqa: E402
 import orchestration as orc  # noqa: E402
 from hamt.io import dir_sha256  # noqa: E402
 
@@ -137,12 +138,12 @@ def test_dvc_sync_commits_only_matching_parameters(tmp_path):
 
 def test_cards_keep_long_cells_and_embed_report_images(tmp_path):
     reason = "tokenizer mismatch: the tokens are bpe; pretrained baselines need GPT-2 BPE tokens"
-    rendered = orc.table([{"name": "gpt2", "reason": reason, "ppl": 12.3456789, "params": 1234567}]).render()
+    rendered = cards.table([{"name": "gpt2", "reason": reason, "ppl": 12.3456789, "params": 1234567}]).render()
     assert reason in json.dumps(rendered) and "1,234,567" in json.dumps(rendered)
     png = tmp_path / "plots" / "loss.png"
     png.parent.mkdir()
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
-    blocks = orc.report_blocks("# Title\n\ntext\n\n![Loss curves](plots/loss.png)\n\nafter", {"loss": str(png)})
+    blocks = cards.report_blocks("# Title\n\ntext\n\n![Loss curves](plots/loss.png)\n\nafter", {"loss": str(png)})
     assert [type(b).__name__ for b in blocks] == ["Markdown", "Image", "Markdown"]
 
 

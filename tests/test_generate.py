@@ -12,7 +12,7 @@ from hamt.errors import CheckpointError, ConfigError
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     from hamt.config import HAMTConfig
-    from hamt.data import read_meta
+    from hamt.tokens import read_meta
     from hamt.model import HAMTForCausalLM
 
     root = tmp_path_factory.mktemp("gen")

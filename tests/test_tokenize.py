@@ -12,6 +12,7 @@ import pytest
 
 from conftest import make_corpus
 from hamt import data, tokenize
+from hamt import tokens as tk
 from hamt.errors import DataError
 from hamt.params import resolve
 
@@ -40,14 +41,14 @@ def test_meta_and_bins_describe_the_raw_text(prepared):
     tmp, params, meta = prepared
     tokens_dir, raw = Path(params.tokenizer.tokens_dir), Path(params.data.raw_dir)
     tok = tokenize.load_tokenizer(tokens_dir)
-    assert meta == data.read_meta(tokens_dir)
+    assert meta == tk.read_meta(tokens_dir)
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == tok.get_vocab_size() <= 300
     assert meta["eot_id"] == tok.token_to_id("<|endoftext|>")
     assert meta["tokenizer_sha256"] == hashlib.sha256((tokens_dir / "tokenizer.json").read_bytes()).hexdigest()
     for split in data.SPLITS:
         text_bytes = (raw / f"{split}.txt").read_bytes()
         s = meta["splits"][split]
-        ids = data.load_split(tokens_dir, split)
+        ids = tk.load_split(tokens_dir, split)
         assert isinstance(ids, np.memmap) and ids.dtype == np.uint16 and len(ids) == s["tokens"]
         assert s["bytes"] == len(text_bytes) and s["words"] == len(text_bytes.decode().split())
         assert s["raw_sha256"] == hashlib.sha256(text_bytes).hexdigest()
@@ -68,7 +69,7 @@ def test_bpe_round_trip_and_literal_eot_stays_text(prepared):
         assert tok.decode(tok.encode(text).ids, skip_special_tokens=False) == text
         assert tok.decode(tok.encode(text.replace("<|endoftext|>", "")).ids) == text.replace("<|endoftext|>", "")
     # the raw text contained "<|endoftext|>" literally: it was encoded as text, not as the special id
-    ids = data.load_split(params.tokenizer.tokens_dir, "test")
+    ids = tk.load_split(params.tokenizer.tokens_dir, "test")
     assert int((ids == meta["eot_id"]).sum()) == meta["splits"]["test"]["documents"]
 
 
@@ -137,7 +138,7 @@ def test_large_vocabulary_uses_uint32(tmp_path):
     data.download(params)
     meta = tokenize.tokenize(params, progress=False)
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70000 and meta["eot_id"] == 69999
-    ids = data.load_split(params.tokenizer.tokens_dir, "valid")
+    ids = tk.load_split(params.tokenizer.tokens_dir, "valid")
     assert ids.dtype == np.uint32 and ids[0] == 69999
     tok = tokenize.load_tokenizer(params.tokenizer.tokens_dir)
     assert tok.decode(ids[1:].tolist()) == (tmp_path / "raw" / "valid.txt").read_text(encoding="utf-8")
@@ -177,21 +178,21 @@ def test_load_split_catches_mismatched_tokenizer_and_truncated_bin(tmp_path, pre
     _tmp, params, _meta = prepared
     tokens_dir = tmp_path / "copy"
     shutil.copytree(params.tokenizer.tokens_dir, tokens_dir)
-    data.load_split(tokens_dir, "train")  # the intact copy loads
+    tk.load_split(tokens_dir, "train")  # the intact copy loads
     # another tokenizer beside the ids
     other = tokenize.train_bpe(Path(params.data.raw_dir) / "valid.txt", 280, progress=False)
     good = (tokens_dir / "tokenizer.json").read_bytes()
     other.save(str(tokens_dir / "tokenizer.json"))
     with pytest.raises(DataError, match="does not match.*hamt tokenize"):
-        data.load_split(tokens_dir, "train")
+        tk.load_split(tokens_dir, "train")
     (tokens_dir / "tokenizer.json").write_bytes(good)
     # a truncated .bin
     bin_path = tokens_dir / "valid.bin"
     bin_path.write_bytes(bin_path.read_bytes()[:-2])
     with pytest.raises(DataError, match="valid.bin has .*hamt tokenize"):
-        data.load_split(tokens_dir, "valid")
+        tk.load_split(tokens_dir, "valid")
     with pytest.raises(DataError, match="split 'dev'"):
-        data.load_split(tokens_dir, "dev")
+        tk.load_split(tokens_dir, "dev")
 
 
 def test_cli_download_and_tokenize_micro_profile(tmp_path, monkeypatch, capsys, root):
@@ -208,9 +209,9 @@ def test_cli_download_and_tokenize_micro_profile(tmp_path, monkeypatch, capsys, 
     assert main(["tokenize", *common]) == 0
     out = capsys.readouterr().out
     assert "downloaded" in out and "tokenized with bpe" in out and "train" in out
-    meta = data.read_meta(work / "data" / "tokens")
+    meta = tk.read_meta(work / "data" / "tokens")
     assert meta["tokenizer"]["requested_vocab_size"] == 512 and meta["vocab_size"] <= 512
-    assert len(data.load_split(work / "data" / "tokens", "train")) == meta["splits"]["train"]["tokens"] > 0
+    assert len(tk.load_split(work / "data" / "tokens", "train")) == meta["splits"]["train"]["tokens"] > 0
     # a user error is one line on stderr and exit status 2
     assert main(["download", "--profile", "micro", "--set", "data.source=local",
                  "--set", f"data.local_path={tmp_path / 'missing'}"]) == 2
@@ -232,11 +233,11 @@ def test_synthetic_corpus_tokenizes_as_one_document_per_split(tmp_path, vocab_wo
         assert meta["vocab_size"] == requested
     else:
         assert 256 < meta["vocab_size"] < requested
-    data.check_vocab(meta, requested)
+    tk.check_vocab(meta, requested)
     assert meta["raw_source"] == manifest["source"] and data.corpus_floor(meta["raw_source"]) is not None
     tok = tokenize.load_tokenizer(params.tokenizer.tokens_dir)
     for split in data.SPLITS:
-        s, ids = meta["splits"][split], data.load_split(params.tokenizer.tokens_dir, split)
+        s, ids = meta["splits"][split], tk.load_split(params.tokenizer.tokens_dir, split)
         assert s["documents"] == 1 and ids[0] == meta["eot_id"]  # no WikiText headings: one document
         assert (s["bytes"], s["words"]) == (manifest["splits"][split]["bytes"], manifest["splits"][split]["words"])
         text = (tmp_path / "raw" / f"{split}.txt").read_text(encoding="utf-8")

@@ -3,6 +3,13 @@ decoding latency and state bytes against context length.
 
 The trainer's ``metrics.json``, ``hamt bench``, ``hamt compare`` and the report all call these
 functions, so an MFU or a tokens/s in one place means what it means in another.
+
+One file (~450 lines) on purpose: it is the one place a systems number is defined (issue 11 asks for
+"ONE flops-per-token, ONE peak FLOP/s, ONE throughput, ONE peak memory, ONE decode profile"), and its
+four sections (FLOPs and MFU's peak; peak memory; throughput; decoding) read top to bottom and lean on
+each other — throughput and decoding are measured with the same ``timed`` timer and ``PeakMemory``,
+MFU divides a throughput by a peak. Split across files, a reader would chase each measure's
+definition through imports.
 """
 
 from __future__ import annotations

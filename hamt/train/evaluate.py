@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from hamt.data import RandomWindows
+from hamt.tokens import RandomWindows
 from hamt.metrics.memory import is_hamt, slot_utilisation
 from hamt.runtime import DistInfo, autocast_context
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from hamt.checkpoint import model_identity, remove_stale_temps
-from hamt.data import RandomWindows, load_split, read_meta
+from hamt.tokens import RandomWindows, load_split, read_meta
 from hamt.errors import ConfigError
 from hamt.metrics.systems import PeakMemory, flops_per_token, max_context, mfu, peak_flops
 from hamt.runtime import DistInfo, autocast_context, init_distributed, is_oom
