@@ -119,13 +119,17 @@ def test_interrupted_write_is_never_loaded(tmp_path):
 
     with pytest.raises(Killed):
         ck.save_checkpoint(_state(2), tmp_path, 20, write_hook=die)
-    (tmp_path / ".step_00000020.pt.tmp.999").write_bytes(b"partial")  # what a real kill would leave
-    (tmp_path / ".final.tmp.999").mkdir()  # ... or an unfinished save_pretrained export
-    (tmp_path / ".final.tmp.999" / "config.json").write_text("{}")
+    (tmp_path / ".step_00000020.pt.tmp.0a1b2c3d").write_bytes(b"partial")  # what a real kill would leave
+    (tmp_path / ".final.tmp.k2_x9q7z").mkdir()  # ... or an unfinished save_pretrained export
+    (tmp_path / ".final.tmp.k2_x9q7z" / "config.json").write_text("{}")
+    # Files this project never writes here keep their place, whatever they look like.
+    foreign = [".notes.tmp.txt", ".data.old.backup", ".step_00000020.pt.tmp.999", "x.tmp.0a1b2c3d"]
+    for name in foreign:
+        (tmp_path / name).write_text("keep me")
     state, path = ck.load_latest(tmp_path)
     assert path.name == "step_00000010.pt"
     assert len(ck.remove_stale_temps(tmp_path)) == 3
-    assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp." in p.name or ".old." in p.name) == sorted(foreign)
     assert ck.verify(ck.checkpoint_path(tmp_path, 10)) is None
 
 
