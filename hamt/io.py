@@ -149,6 +149,18 @@ def free_space(folder: str | Path) -> str:
 
 
 
+def describe_os_error(e: OSError) -> str:
+    """One line for a failed file operation: what, where, and the free space when the disk is full."""
+    where = e.filename or "a file"
+    line = f"{where}: {e.strerror or e}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = Path(where).parent if e.filename else Path(".")
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        line += f" ({free_space(folder)}); free disk space or point the output elsewhere"
+    return line
+
+
 def json_sha256(obj: Any) -> str:
     """Hex SHA-256 of ``obj`` as canonical JSON (sorted keys): the identity of a resolved configuration."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode("utf-8")).hexdigest()
