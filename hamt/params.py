@@ -41,6 +41,9 @@ from hamt.params_file import (
 from hamt.typed import from_dict, to_dict
 from hamt.typed import require as _require
 
+# The largest vocabulary a trained BPE may have (the tokenizers library aborts the process far above it).
+MAX_VOCAB = 1 << 20
+
 __all__ = ["SECTIONS", "Params", "deep_merge", "from_dict", "load_params", "parse_override", "profile_names",
            "read_yaml", "resolve", "to_dict"]
 
@@ -131,7 +134,8 @@ class TokenizerParams:
     tokens_dir: str = "data/tokens"
 
     def validate(self) -> None:
-        _require(self.vocab_size >= 260, "tokenizer.vocab_size: must be >= 260 (256 bytes + specials)")
+        _require(260 <= self.vocab_size <= MAX_VOCAB,
+                 f"tokenizer.vocab_size: must be in [260, {MAX_VOCAB:,}] (256 bytes + specials; ids fit the token files)")
 
 
 @dataclass
@@ -200,7 +204,8 @@ class TrainParams:
     wandb: WandbParams = field(default_factory=WandbParams)
 
     def validate(self) -> None:
-        for k in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_every", "ckpt_every", "log_every"):
+        for k in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_every", "eval_batches", "ckpt_every",
+                  "log_every"):
             _require(getattr(self, k) >= 1, f"train.{k}: must be >= 1, got {getattr(self, k)}")
         _require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
         _require(0 <= self.min_lr <= self.lr, f"train.min_lr: must be in [0, lr], got {self.min_lr}")

@@ -47,17 +47,45 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             pass
     return parts, value
 def read_yaml(path: str | Path) -> dict:
+    """The params file as a mapping: valid YAML, not empty, a mapping at the top, no key given twice."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"parameter file {path} not found; pass --params PATH or run from the project root")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from e
+        if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None and "twice" in (e.problem or ""):
+            first = f"{e.problem} (line {e.problem_mark.line + 1})"
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if data is None:
+        raise ConfigError(f"{path} is empty; it must hold the parameter sections (see the project's params.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return data
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML itself keeps the last silently)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (first on line {seen[key] + 1})", key_node.start_mark)
+        if isinstance(key, (str, int, float, bool)):
+            seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def split_profiles(raw: dict, profile: str | None, allowed: set[str]) -> tuple[str, dict, dict]:
@@ -66,11 +94,18 @@ def split_profiles(raw: dict, profile: str | None, allowed: set[str]) -> tuple[s
     profiles = raw.pop("profiles", {}) or {}
     if not isinstance(profiles, dict):
         raise ConfigError("profiles: expected a mapping of profile names to overlays")
+    for pname, overlay in profiles.items():
+        if not isinstance(overlay, dict) and overlay is not None:
+            raise ConfigError(f"profiles.{pname}: expected a mapping of sections (e.g. train: {{max_steps: 40}}), "
+                              f"got {overlay!r}")
+        for key, section in (overlay or {}).items():
+            _check_section(key, section, allowed, f"profiles.{pname}.")
     name = profile or raw.pop("profile", None) or "tiny"
     raw.pop("profile", None)
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(f"unknown section '{key}'{did_you_mean(key, allowed)}; valid: {', '.join(sorted(allowed))}")
+    if not isinstance(name, str):
+        raise ConfigError(f"profile: expected one profile name, got {name!r}")
+    for key, section in raw.items():
+        _check_section(key, section, allowed)
     if name not in profiles and profiles:
         raise ConfigError(f"unknown profile '{name}'{did_you_mean(name, profiles)}; available: {', '.join(profiles)}")
     return name, raw, profiles
@@ -89,3 +124,11 @@ def apply_overrides(merged: dict, overrides: typing.Sequence[str], allowed: set[
                 raise ConfigError(f"--set {text}: '{p}' is not a section")
         node[parts[-1]] = value
     return merged
+
+
+def _check_section(key: Any, section: Any, allowed: set[str], where: str = "") -> None:
+    if key not in allowed:
+        raise ConfigError(f"unknown section '{where}{key}'{did_you_mean(str(key), allowed)}; "
+                          f"valid: {', '.join(sorted(allowed))}")
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"{where}{key}: expected a mapping of keys to values, got {section!r}")
