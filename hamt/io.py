@@ -110,7 +110,13 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published folder should not be
+    mask = _umask()
+    tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the published folder should not be
+    for p in tmp.rglob("*"):  # nor what writers put in it through temp files of their own (safetensors: 0600)
+        if p.is_symlink():
+            continue
+        exe = p.is_dir() or p.stat().st_mode & 0o100
+        p.chmod((0o777 if exe else 0o666) & ~mask)
     replace_dir(tmp, final)
 
 

@@ -6,6 +6,9 @@ Before run identities, the second run rolled back to the first run's step 40 and
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
 from hamt import checkpoint as ck
@@ -23,8 +26,16 @@ def _files(root) -> dict:
 
 def test_a_new_run_never_uses_an_older_runs_checkpoints(tokens_dir, tmp_path):
     ckdir = tmp_path / "ckpt" / "hamt"
-    first = train(micro(tokens_dir, tmp_path, "train.max_steps=40", *FAST))
+    old_mask = os.umask(0o022)
+    try:
+        first = train(micro(tokens_dir, tmp_path, "train.max_steps=40", *FAST))
+    finally:
+        os.umask(old_mask)
     assert first["steps"] == 40
+    # results and the exported model are readable by everyone (0644), like every other output
+    for f in ("results/hamt/metrics.json", "results/hamt/log.csv", "results/hamt/train.log",
+              "ckpt/hamt/final/model.safetensors", "ckpt/hamt/step_00000040.pt"):
+        assert stat.S_IMODE((tmp_path / f).stat().st_mode) == 0o644, f
     runs = ck.runs_in(ckdir)
     assert list(runs.values()) == [40] and None not in runs  # one run, its id in every sidecar
     old_run = next(iter(runs))
