@@ -1,4 +1,5 @@
-"""What a training run checks before it does any work: output folders, meta.json, token ids, vocabulary.
+"""What a training run checks before it does any work: its name, output folders (held exclusively while it
+runs), meta.json, token ids, vocabulary.
 
 Each check fails with one line naming the file or parameter and the fix, before the trainer builds a
 model or touches an output, so a bad input never costs a previous run its logs or checkpoints. The
@@ -9,14 +10,42 @@ embedding matrix deep inside the first forward pass.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from hamt.errors import ConfigError, DataError
+from hamt.io import FolderBusy, folder_lock
 
 FIX = "run `hamt tokenize` again"
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str) -> str:
+    """A run name is a plain folder name: no separator, not absolute, not ``.``/``..``, nothing hidden."""
+    if not _RUN_NAME.fullmatch(name or "") or name in (".", ".."):
+        raise ConfigError(f"--name {name!r}: a run name is one plain folder name (letters, digits, . _ -; "
+                          "no / or .., not starting with . or -), e.g. --name hamt-lr3e-3")
+    return name
+
+
+@contextlib.contextmanager
+def exclusive(ckpt_dir: Path) -> Iterator[None]:
+    """Hold ``ckpt_dir``'s lock (``hamt.io.folder_lock``) while the run runs; a second run exits at once."""
+    try:
+        lock = folder_lock(ckpt_dir)
+        lock.__enter__()
+    except FolderBusy as e:
+        who = f"pid {e.holder}" if e.holder else "another process"
+        raise ConfigError(f"{ckpt_dir} is in use by another hamt train ({who}); wait for it to end, or train "
+                          "under another --name") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def check_output_dirs(params, name: str) -> None:

@@ -9,7 +9,8 @@ ladder's decisions are ``ladder``; the end of a run (export, summary, interrupti
 Throughput counts only timed training steps (not evaluation, checkpoints or the first, compiling,
 step). DDP: launched by ``torchrun`` (env RANK set) the loop runs data-parallel (gloo on CPU, nccl
 on CUDA); each rank draws its own windows (RandomWindows rank/world_size), rank 0 logs and writes
-files. Not covered: an OOM under DDP or during evaluation stops the run.
+files. Not covered: an OOM under DDP or during evaluation stops the run. (Past 400 lines: the loop, one
+step and its logging read best in one file.)
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ import gc
 import math
 import os
 import random
-import re
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +35,6 @@ from hamt.data import RandomWindows, load_split, read_meta
 from hamt.errors import ConfigError
 from hamt.metrics.systems import PeakMemory, flops_per_token, max_context, mfu, peak_flops
 from hamt.runtime import DistInfo, autocast_context, init_distributed, is_oom
-from hamt.io import FolderBusy, folder_lock, json_sha256
 from hamt.train import export, inputs, state
 from hamt.train.evaluate import evaluate
 from hamt.train.faults import EnvFaults
@@ -47,7 +45,6 @@ from hamt.train.schedule import WarmupCosine
 from hamt.train.signals import StopSignals
 from hamt.zoo import build_model, model_config_for
 
-_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 def train(params, *, resume: bool | str = False, model: str = "hamt", name: str | None = None,
@@ -65,7 +62,7 @@ def train(params, *, resume: bool | str = False, model: str = "hamt", name: str 
     """
     if resume and force_new:
         raise ConfigError("--resume continues a run and --force-new starts a new one: pass one of them")
-    name = check_run_name(model if name is None else name)
+    name = inputs.check_run_name(model if name is None else name)
     inputs.check_output_dirs(params, name)
     dist_info, device = init_distributed(params.train.device)
     try:
@@ -73,14 +70,6 @@ def train(params, *, resume: bool | str = False, model: str = "hamt", name: str 
     finally:
         if dist_info.ddp and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def check_run_name(name: str) -> str:
-    """A run name is a plain folder name: no separator, not absolute, not ``.``/``..``, nothing hidden."""
-    if not _RUN_NAME.fullmatch(name or "") or name in (".", ".."):
-        raise ConfigError(f"--name {name!r}: a run name is one plain folder name (letters, digits, . _ -; "
-                          "no / or .., not starting with . or -), e.g. --name hamt-lr3e-3")
-    return name
 
 
 class _Diverged(Exception):
@@ -130,12 +119,7 @@ class Trainer:
         self.raw_model.train()
         self.n_params = sum(p.numel() for p in self.raw_model.parameters())
         self.identity = model_identity(self.config)
-        # The run's identity, in every checkpoint: a fresh id (a resume adopts its checkpoint's) + the config's hash.
-        self.run_info = {"run_id": uuid.uuid4().hex[:12], "config_hash": json_sha256({"model": model, **params.to_dict()})[:16]}
-        if dist_info.ddp:
-            ids = [self.run_info["run_id"]]
-            dist.broadcast_object_list(ids, src=0)  # every rank keeps to the same run's checkpoints
-            self.run_info["run_id"] = ids[0]
+        self.run_info = state.new_run(params, model, dist_info)  # in every checkpoint; a resume adopts its own
         self.supersedes = False  # --force-new: remove the other runs' checkpoints after this run's first
         self._gc_supported = bool(getattr(self.raw_model, "supports_gradient_checkpointing", False))
         self._gc_on = False
@@ -218,14 +202,7 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool | str, force_new: bool = False) -> dict:
         """Hold the folder's lock (rank 0) for the whole run; a second run in the same folder exits at once."""
-        with contextlib.ExitStack() as stack:
-            if self.master:
-                try:
-                    stack.enter_context(folder_lock(self.ckpt_dir))
-                except FolderBusy as e:
-                    who = f"pid {e.holder}" if e.holder else "another process"
-                    raise ConfigError(f"{self.ckpt_dir} is in use by another hamt train ({who}); wait for it to "
-                                      "end, or train under another --name") from None
+        with inputs.exclusive(self.ckpt_dir) if self.master else contextlib.nullcontext():
             return self._run(resume, force_new)
 
     def publish_logs(self) -> None:

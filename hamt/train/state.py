@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from hamt.checkpoint import (
     save_checkpoint,
 )
 from hamt.errors import CheckpointError, ConfigError
+from hamt.io import json_sha256
 from hamt.metrics.systems import flops_per_token
 from hamt.runtime import DistInfo
 from hamt.train.ladder import Ladder, TrainingFailed, check_divergence
@@ -52,6 +54,16 @@ if TYPE_CHECKING:
 # paths may change freely.
 CONTINUATION_KEYS = ("batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay", "betas",
                      "grad_clip", "seed", "precision")
+
+
+def new_run(params, model: str, dist_info: DistInfo) -> dict:
+    """A new run's identity: a fresh id (the same on every rank) and the hash of the resolved config."""
+    run = {"run_id": uuid.uuid4().hex[:12], "config_hash": json_sha256({"model": model, **params.to_dict()})[:16]}
+    if dist_info.ddp:
+        ids = [run["run_id"]]
+        dist.broadcast_object_list(ids, src=0)  # every rank keeps to the same run's checkpoints
+        run["run_id"] = ids[0]
+    return run
 
 
 def capture(t: Trainer) -> dict:
