@@ -126,6 +126,14 @@ def _tokens(name: str, meta_change=None, ids_change=None):
     return make
 
 
+def _raw_with_empty_train(wd: Path) -> str:
+    d = wd / "cases" / "raw-empty-train"
+    if not d.exists():
+        shutil.copytree(wd / "data" / "raw", d)
+        (d / "train.txt").write_text("\n \n")
+    return f"data.raw_dir={d}"
+
+
 def _forged_checkpoint(wd: Path) -> str:
     """A checkpoint with a valid checksum and the right model identity whose tensors have other shapes."""
     import torch
@@ -193,6 +201,7 @@ CASES = [
     ("missing-data-folder", "download", [SET, "data.source=local", SET, "data.local_path=/nonexistent/hamt"], "/nonexistent/hamt"),
     ("empty-data-folder", "download", [SET, "data.source=local", SET, lambda wd: f"data.local_path={_empty_dir(wd)}"], "empty"),
     ("non-utf8-data", "download", [SET, "data.source=local", SET, lambda wd: f"data.local_path={_binary_file(wd)}"], "UTF-8"),
+    ("empty-train-text", "tokenize", [SET, _raw_with_empty_train], "no text"),
     ("tokenizer-mismatch", "train", [SET, lambda wd: f"tokenizer.tokens_dir={_other_tokenizer(wd)}"], "tokenize"),
     ("no-tokens", "train", [SET, lambda wd: f"tokenizer.tokens_dir={_empty_dir(wd)}"], "hamt tokenize"),
     ("meta-a-list", "train", [SET, _tokens("meta-list", meta_change=lambda m: [m])], "JSON object"),
