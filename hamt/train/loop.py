@@ -46,7 +46,6 @@ from hamt.train.signals import StopSignals
 from hamt.zoo import build_model, model_config_for
 
 
-
 def train(params, *, resume: bool | str = False, model: str = "hamt", name: str | None = None,
           fault_hook: Callable[[int], Any] | None = None, force_new: bool = False) -> dict:
     """Train ``model`` (a name of ``hamt.zoo``) on the tokens of ``params.tokenizer.tokens_dir`` as run
