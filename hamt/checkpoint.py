@@ -3,23 +3,26 @@
 A checkpoint is one ``torch.save`` file ``<dir>/step_<N>.pt`` holding everything a resumed run needs
 to continue bit for bit: model, optimizer, scheduler and grad-scaler state, the step, the RNG states
 (python, numpy, torch, cuda; one set per rank), the data loader's position (per rank), the fallback
-ladder's state and the resolved params and model config. Beside it, ``step_<N>.pt.sha256`` holds its
-checksum in ``sha256sum`` format (``sha256sum -c`` verifies it).
+ladder's state, the resolved params and model config, and the run's identity (``run``: a run id and the
+resolved config's hash). Beside it, ``step_<N>.pt.sha256`` holds its checksum in ``sha256sum`` format
+(``sha256sum -c`` verifies it) and, on a ``#`` comment line that sha256sum ignores, the run id, so that
+listing, pruning and loading can keep to one run's checkpoints without opening the files.
 
 Writing is atomic: the bytes go to a temp file in the same folder (hashed while they stream), the
 file is fsync'ed and renamed over the final name, then the checksum sidecar is written the same way,
 then the folder is fsync'ed. A checkpoint counts only when its sidecar exists and matches, so a
 process killed at any point leaves either the previous set of checkpoints or the new one, never a
-half-written file that would be loaded. The newest ``keep`` checkpoints are kept.
+half-written file that would be loaded. The newest ``keep`` checkpoints of the run are kept; a write
+that fails (disk full, permissions, torch's zip writer's ``RuntimeError``) removes its temp file and
+says in one line what, where and how much space is free.
 
-Loading picks the newest checkpoint that verifies; a corrupt or truncated newer one is reported with
+Loading picks the newest checkpoint of a run (by default the run that wrote last) that verifies; a corrupt or truncated newer one is reported with
 a warning naming the file and skipped. A file that is not a checkpoint, or one of another model
 configuration, raises ``CheckpointError``.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import random
@@ -31,10 +34,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hamt.errors import CheckpointError
-from hamt.io import TMP_MARK, file_sha256, fsync_dir, temp_path, write_bytes_atomic
+from hamt.io import file_sha256, free_space, fsync_dir, temp_path, write_bytes_atomic, write_failure
 
 FORMAT = "hamt-train-checkpoint/1"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+# What a killed writer can leave here and nothing else: hamt.io's temp files/folders of a checkpoint, its sidecar or
+# the final/ export (".<name>.tmp.<8 chars>") and the folder a replaced export leaves (".final.old.<8 hex>").
+_STALE = re.compile(r"^\.(step_\d+\.pt(\.sha256)?|final)\.(tmp|old)\.[a-z0-9_]{8}$")
+_RUN_LINE = "# run "
 
 # Config keys that say nothing about the weights' shapes or meaning (library versions, runtime flags).
 _VOLATILE_CONFIG_KEYS = {
@@ -57,24 +64,61 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
-    """Checkpoint files in ``ckpt_dir`` (verified or not), newest step first."""
+def list_checkpoints(ckpt_dir: str | Path, run_id: str | None = None) -> list[Path]:
+    """Checkpoint files in ``ckpt_dir`` (verified or not), newest step first; with ``run_id``, that run's only."""
     d = Path(ckpt_dir)
     if not d.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
-    return [p for _, p in sorted(found, reverse=True)]
+    paths = [p for _, p in sorted(found, reverse=True)]
+    return paths if run_id is None else [p for p in paths if checkpoint_run(p) == run_id]
+
+
+def checkpoint_run(path: str | Path) -> str | None:
+    """The run id recorded in a checkpoint's sidecar (None: no sidecar, or written before runs had ids)."""
+    try:
+        lines = sidecar_path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return next((ln[len(_RUN_LINE):].split()[0] for ln in lines if ln.startswith(_RUN_LINE) and ln.split()[2:]), None)
+
+
+def latest_run(ckpt_dir: str | Path) -> str | None:
+    """The run id of the checkpoint written last in ``ckpt_dir`` (by its sidecar's time), None if none has one."""
+    stamped = []
+    for p in list_checkpoints(ckpt_dir):
+        run = checkpoint_run(p)
+        if run is not None:
+            stamped.append((sidecar_path(p).stat().st_mtime_ns, run))
+    return max(stamped)[1] if stamped else None
+
+
+def runs_in(ckpt_dir: str | Path) -> dict[str | None, int]:
+    """{run id (None: unknown): its newest step} of the checkpoint files in ``ckpt_dir``."""
+    out: dict[str | None, int] = {}
+    for p in list_checkpoints(ckpt_dir):
+        out.setdefault(checkpoint_run(p), int(_NAME.match(p.name).group(1)))
+    return out
+
+
+def remove_other_runs(ckpt_dir: str | Path, run_id: str) -> list[Path]:
+    """Delete the checkpoints (and sidecars) of every run but ``run_id`` (a new run supersedes them)."""
+    removed = [p for p in list_checkpoints(ckpt_dir) if checkpoint_run(p) != run_id]
+    for p in removed:
+        p.unlink(missing_ok=True)
+        sidecar_path(p).unlink(missing_ok=True)
+    return removed
 
 
 def remove_stale_temps(ckpt_dir: str | Path) -> list[Path]:
     """Delete temp files left by a process killed while writing (only the writer calls this).
 
-    They are the hidden ``.<name>.tmp.<id>`` files and folders of ``hamt.io`` (checkpoints, sidecars,
-    an unfinished ``final/`` export) and the ``.<name>.old.<id>`` folder a replaced export leaves.
+    Only names this project creates here (``_STALE``): the hidden ``.<name>.tmp.<id>`` files and folders of
+    ``hamt.io`` (checkpoints, sidecars, an unfinished ``final/`` export) and the ``.final.old.<id>`` folder a
+    replaced export leaves. Nothing else in the folder is touched, and nothing below it.
     """
     d = Path(ckpt_dir)
-    stale = [p for p in d.iterdir() if p.name.startswith(".") and (TMP_MARK in p.name or ".old." in p.name)] \
-        if d.is_dir() else []
+    stale = [p for p in d.iterdir() if _STALE.match(p.name)] if d.is_dir() else []
     for p in stale:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)  # an unfinished final/ export
@@ -111,12 +155,15 @@ class _HashingWriter:
 
 
 def save_checkpoint(
-    state: dict, ckpt_dir: str | Path, step: int, keep: int = 3, write_hook: Callable[[int], None] | None = None
+    state: dict, ckpt_dir: str | Path, step: int, keep: int = 3, write_hook: Callable[[int], None] | None = None,
+    run: dict | None = None,
 ) -> Path:
     """Write ``state`` as ``<ckpt_dir>/step_<step>.pt`` atomically with its checksum; keep the newest ``keep``.
 
-    On a failed write (disk full, permissions) the temp file is removed, the previous checkpoints are
-    untouched, and ``CheckpointError`` says what happened in one line.
+    ``run`` ({"run_id", "config_hash"}) is stored in the state and the run id in the sidecar; pruning then
+    keeps to that run's checkpoints. On a failed write (disk full, permissions, torch's zip writer) the
+    temp file is removed, the previous checkpoints are untouched, and ``CheckpointError`` says what
+    happened, where, and how much space is free, in one line.
     """
     import torch
 
@@ -125,6 +172,9 @@ def save_checkpoint(
     final = checkpoint_path(d, step)
     tmp = temp_path(final)  # ".step_<N>.pt.tmp.<id>": what remove_stale_temps deletes after a kill
     state = {"format": FORMAT, "step": step, "saved_at": time.time(), **state}
+    if run is not None:
+        state["run"] = dict(run)
+    run_line = f"{_RUN_LINE}{run['run_id']} config {run.get('config_hash', '?')}\n" if run else ""
     try:
         with open(tmp, "wb") as f:
             w = _HashingWriter(f, write_hook)
@@ -134,24 +184,23 @@ def save_checkpoint(
         digest = w.sha.hexdigest()
         # The sidecar goes first: a checkpoint file only replaces the old one once its checksum is on
         # disk, and a sidecar whose file is missing or different just marks that step as invalid.
-        write_bytes_atomic(sidecar_path(final), f"{digest}  {final.name}\n".encode())
+        write_bytes_atomic(sidecar_path(final), f"{digest}  {final.name}\n{run_line}".encode())
         os.replace(tmp, final)
         fsync_dir(d)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as RuntimeError "unexpected pos"
         tmp.unlink(missing_ok=True)
-        why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        prev = next((p for p in list_checkpoints(d) if p != final), None)
-        kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint exists"
+        prev = next((p for p in list_checkpoints(d, run and run["run_id"]) if p != final), None)
+        kept = f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint exists"
         raise CheckpointError(
-            f"could not write checkpoint {final} ({why}); {kept}; free disk space or set train.out_dir"
-        ) from e
-    prune_checkpoints(d, keep)
+            f"could not write checkpoint {final} ({write_failure(e)}; {free_space(d)}); {kept}; "
+            "free disk space or set train.out_dir") from e
+    prune_checkpoints(d, keep, run and run["run_id"])
     return final
 
 
-def prune_checkpoints(ckpt_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints (and their sidecars)."""
-    removed = list_checkpoints(ckpt_dir)[max(1, keep):]
+def prune_checkpoints(ckpt_dir: str | Path, keep: int, run_id: str | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (and their sidecars) of run ``run_id`` (None: of any run)."""
+    removed = list_checkpoints(ckpt_dir, run_id)[max(1, keep):]
     for p in removed:
         p.unlink(missing_ok=True)
         sidecar_path(p).unlink(missing_ok=True)
@@ -202,15 +251,16 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", check: bool = T
 
 
 def load_latest(
-    ckpt_dir: str | Path, map_location: Any = "cpu", expected_model: dict | None = None
+    ckpt_dir: str | Path, map_location: Any = "cpu", expected_model: dict | None = None, run_id: str | None = None
 ) -> tuple[dict | None, Path | None]:
-    """The newest checkpoint in ``ckpt_dir`` that verifies, or (None, None) when there is none at all.
+    """The newest checkpoint of run ``run_id`` in ``ckpt_dir`` that verifies, or (None, None) when there is none.
 
+    ``run_id`` None: the run that wrote last (``latest_run``; any checkpoint when none records a run).
     Corrupt/truncated/unfinished newer files are skipped with a warning naming them. If files exist
     but none verifies, ``CheckpointError``. ``expected_model`` (see ``model_identity``) is compared
     with the checkpoint's model and a mismatch raises ``CheckpointError``.
     """
-    candidates = list_checkpoints(ckpt_dir)
+    candidates = list_checkpoints(ckpt_dir, run_id or latest_run(ckpt_dir))
     if not candidates:
         return None, None
     problems = []
@@ -225,8 +275,8 @@ def load_latest(
             check_model(state, expected_model, path)
         return state, path
     raise CheckpointError(
-        f"no usable checkpoint in {ckpt_dir} ({len(problems)} found, all corrupt or unfinished); "
-        "delete the folder to start over"
+        f"no usable checkpoint in {ckpt_dir} ({len(problems)} found, all corrupt or unfinished: {problems[0]}); "
+        "start over with hamt train --force-new"
     )
 
 

@@ -7,7 +7,9 @@ A module may define ``add_arguments_<name>(parser)`` for extra flags. Only the m
 being run is imported (``hamt --help`` imports none of them), so stage modules import what they need
 at the top of the file, where a reader sees it.
 
-Errors the user can fix (``HAMTError``) print one line and exit 2; ``--debug`` shows the traceback.
+Errors the user can fix (``HAMTError``) print one line and exit 2, and so does a failed file operation
+(``OSError``: a full disk, a read-only folder, permissions: what, where, free space); ``--debug`` shows
+the traceback.
 """
 
 from __future__ import annotations
@@ -101,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"hamt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the environment, not a bug: a full disk, a read-only folder, a permission
+        if debug:
+            raise
+        from hamt.io import describe_os_error
+
+        print(f"hamt {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hamt {args.command}: interrupted", file=sys.stderr)

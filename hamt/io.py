@@ -9,6 +9,8 @@ target: a reader sees the old file or the new one, never a mix. A failed write r
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -108,7 +110,13 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published folder should not be
+    mask = _umask()
+    tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; the published folder should not be
+    for p in tmp.rglob("*"):  # nor what writers put in it through temp files of their own (safetensors: 0600)
+        if p.is_symlink():
+            continue
+        exe = p.is_dir() or p.stat().st_mode & 0o100
+        p.chmod((0o777 if exe else 0o666) & ~mask)
     replace_dir(tmp, final)
 
 
@@ -128,6 +136,42 @@ def replace_dir(src: str | Path, final: str | Path) -> None:
             old.unlink()
 
 
+def write_failure(e: BaseException) -> str:
+    """Why a write failed, in a few words (a full disk named as such, whatever raised it)."""
+    if isinstance(e, OSError):
+        return "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "unexpected pos" in text or "file write failed" in text:
+        return "the write stopped short: disk full?"
+    return text[:160]
+
+
+def free_space(folder: str | Path) -> str:
+    """``"<N> MiB free there"`` for ``folder``'s file system (or that it is unknown)."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a failed file operation: what, where, and the free space when the disk is full."""
+    where = e.filename or "a file"
+    line = f"{where}: {e.strerror or e}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = Path(where).parent if e.filename else Path(".")
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        line += f" ({free_space(folder)}); free disk space or point the output elsewhere"
+    return line
+
+
+def json_sha256(obj: Any) -> str:
+    """Hex SHA-256 of ``obj`` as canonical JSON (sorted keys): the identity of a resolved configuration."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode("utf-8")).hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, streamed."""
     h = hashlib.sha256()
@@ -143,3 +187,47 @@ def dir_sha256(folder: str | Path) -> dict:
     files = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
     total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in files.items()).encode()).hexdigest()
     return {"sha256": total, "files": files}
+
+
+class FolderBusy(OSError):
+    """Another process holds the folder's lock (``holder``: its pid as it wrote it, or None)."""
+
+    def __init__(self, folder: Path, holder: int | None):
+        super().__init__(errno.EWOULDBLOCK, "folder in use", str(folder))
+        self.folder, self.holder = folder, holder
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, name: str = ".hamt.lock") -> Iterator[Path]:
+    """Hold an exclusive OS lock (``fcntl.flock``) on ``folder`` while the block runs; ``FolderBusy`` if taken.
+
+    The lock is on the file ``<folder>/<name>``, which holds the holder's pid. The kernel releases it when
+    the process dies, however it dies, so a killed run never blocks its own resume. The file is removed on
+    release; a process that locked a file just removed (another inode than the path's) tries again.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise FolderBusy(folder, int(holder) if holder.isdigit() else None) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed it as we opened it: lock the new file
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)

@@ -15,23 +15,37 @@ Layout of the file::
 Resolution order: dataclass defaults < base sections < ``profiles[profile]`` < ``--set a.b=value``.
 Unknown keys and wrong types are rejected with a ``ConfigError`` naming the key. This module imports
 no torch, so the CLI validates parameters before any heavy import.
+
+This module is the schema (one dataclass per section, each field documented by the comment above it,
+which is why it runs past 400 lines) and the public API (``load_params``, ``resolve``, ``Params``);
+reading the file, profile overlays and ``--set`` overrides, which work on plain mappings, are
+``hamt.params_file`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hamt.errors import ConfigError
-from hamt.typed import did_you_mean as _did_you_mean
+from hamt.params_file import (
+    apply_overrides,
+    deep_merge,
+    parse_override,
+    read_yaml,
+    split_profiles,
+)
 from hamt.typed import from_dict, to_dict
 from hamt.typed import require as _require
+
+# The largest vocabulary a trained BPE may have (the tokenizers library aborts the process far above it).
+MAX_VOCAB = 1 << 20
+
+__all__ = ["SECTIONS", "Params", "deep_merge", "from_dict", "load_params", "parse_override", "profile_names",
+           "read_yaml", "resolve", "to_dict"]
 
 # --------------------------------------------------------------------------------------------------
 # Sections. Each field has a one-line docstring (the comment above it).
@@ -120,7 +134,8 @@ class TokenizerParams:
     tokens_dir: str = "data/tokens"
 
     def validate(self) -> None:
-        _require(self.vocab_size >= 260, "tokenizer.vocab_size: must be >= 260 (256 bytes + specials)")
+        _require(260 <= self.vocab_size <= MAX_VOCAB,
+                 f"tokenizer.vocab_size: must be in [260, {MAX_VOCAB:,}] (256 bytes + specials; ids fit the token files)")
 
 
 @dataclass
@@ -189,7 +204,8 @@ class TrainParams:
     wandb: WandbParams = field(default_factory=WandbParams)
 
     def validate(self) -> None:
-        for k in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_every", "ckpt_every", "log_every"):
+        for k in ("batch_size", "micro_batch_size", "seq_len", "max_steps", "eval_every", "eval_batches", "ckpt_every",
+                  "log_every"):
             _require(getattr(self, k) >= 1, f"train.{k}: must be >= 1, got {getattr(self, k)}")
         _require(self.lr > 0, f"train.lr: must be > 0, got {self.lr}")
         _require(0 <= self.min_lr <= self.lr, f"train.min_lr: must be in [0, lr], got {self.min_lr}")
@@ -528,82 +544,17 @@ class Params:
 
 
 # --------------------------------------------------------------------------------------------------
-# File + profile + overrides
+# Resolution (reading the file, profiles and overrides as mappings: hamt.params_file)
 # --------------------------------------------------------------------------------------------------
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``section.key=value`` -> (["section", "key"], parsed YAML value)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set train.lr=1e-3")
-    key, raw = text.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if len(parts) < 2:
-        raise ConfigError(f"--set {text!r}: the key needs a section, e.g. train.{key.strip() or 'lr'}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    # YAML reads 1e-3 as a string; numbers in scientific notation are meant as floats.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".eE") else value
-        except ValueError:
-            pass
-    return parts, value
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"parameter file {path} not found; pass --params PATH or run from the project root")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"{path}: not valid YAML ({first})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return data
 
 
 def resolve(raw: dict, profile: str | None = None, overrides: typing.Sequence[str] = (), source: str = "") -> Params:
     """Apply the profile and ``--set`` overrides to a raw parameter mapping and validate it."""
-    raw = copy.deepcopy(raw)
-    profiles = raw.pop("profiles", {}) or {}
-    if not isinstance(profiles, dict):
-        raise ConfigError("profiles: expected a mapping of profile names to overlays")
-    name = profile or raw.pop("profile", None) or "tiny"
-    raw.pop("profile", None)
     allowed = set(SECTIONS) | {"model"}
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(f"unknown section '{key}'{_did_you_mean(key, allowed)}; valid: {', '.join(sorted(allowed))}")
-    if name not in profiles and profiles:
-        raise ConfigError(f"unknown profile '{name}'{_did_you_mean(name, profiles)}; available: {', '.join(profiles)}")
+    name, base, profiles = split_profiles(raw, profile, allowed)
     for pname, overlay in profiles.items():
-        _check_plan_overlay(pname, overlay, raw)
-    merged = deep_merge(raw, profiles.get(name) or {})
-    for text in overrides:
-        parts, value = parse_override(text)
-        if parts[0] not in allowed:
-            raise ConfigError(f"--set {text}: unknown section '{parts[0]}'; valid: {', '.join(sorted(allowed))}")
-        node = merged.setdefault(parts[0], {})
-        for p in parts[1:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text}: '{p}' is not a section")
-        node[parts[-1]] = value
+        _check_plan_overlay(pname, overlay, base)
+    merged = apply_overrides(deep_merge(base, profiles.get(name) or {}), overrides, allowed)
     sections = {k: from_dict(cls, merged.get(k), k) for k, cls in SECTIONS.items()}
     model = merged.get("model") or {}
     if not isinstance(model, dict):

@@ -254,6 +254,12 @@ def _raw_files(raw_dir: Path) -> dict[str, Path]:
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise DataError(f"missing raw split(s) {', '.join(missing)}; run `hamt download` first")
+    for path in files.values():
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if not head.strip() and path.stat().st_size <= len(head):
+            raise DataError(f"{path} holds no text; tokens made from it would replace good ones with nothing: "
+                            "run `hamt download` again")
     return files
 
 
@@ -287,6 +293,8 @@ def tokenize(params, progress: bool = True) -> dict:
         for split, path in files.items():
             with open(tmp / f"{split}.bin", "wb") as out:
                 stats = encode_file(tok, path, out, eot_id, dtype, progress, desc=f"tokenize {split}")
+            if stats["words"] == 0:  # raised inside atomic_dir: the previous tokens stay as they are
+                raise DataError(f"{path} holds no words; run `hamt download` again")
             n_bytes = path.stat().st_size
             splits[split] = {
                 "file": f"{split}.bin", "tokens": stats["tokens"], "bytes": n_bytes, "words": stats["words"],

@@ -13,13 +13,15 @@ autocast (fp32 | bf16 | fp16 + GradScaler), optional gradient checkpointing and 
 
 The package, in the order a run uses it:
 
-    cli.py        ``hamt train`` flags (--resume, --model, --name) and the exit status
-    loop.py       ``train()`` and the ``Trainer``: build, run, one step, log
+    cli.py        ``hamt train`` flags (--resume, --force-new, --model, --name) and the exit status
+    inputs.py     the checks before any work: output folders, meta.json, token ids < vocab_size
+    loop.py       ``train()`` and the ``Trainer``: build, run (holding the folder's lock), one step, log
     optimizer.py  AdamW, decay on matrices only          schedule.py  ``WarmupCosine``
     evaluate.py   validation loss, fidelity, slot use during training (measures: ``hamt.metrics``)
     ladder.py     the fallback ladder: OOM -> smaller micro-batch -> gradient checkpointing -> shorter
                   seq_len; divergence -> roll back, lr x factor (``TrainingFailed`` when exhausted)
-    state.py      trainer state <-> checkpoint: what is saved, resume, roll back (file format: hamt.checkpoint)
+    state.py      trainer state <-> checkpoint: what is saved, resume, roll back, the run's identity (file
+                  format: hamt.checkpoint)
     signals.py    SIGINT/SIGTERM: checkpoint at the next step boundary, exit 128 + signal
     export.py     the end: ``final/`` (save_pretrained), summary and metrics.json
     logs.py       log.csv, train.log, the progress bar, the optional W&B logger

@@ -5,6 +5,10 @@
   uninterrupted one.
 - ``TextLog``: the event log ``train.log`` (resumes, fallbacks, interruptions); ``print_event`` prints a line
   without breaking the progress bar.
+
+Both touch their file only once the run has state to record (``start``: the trainer calls it after its
+first checkpoint or at its first row), so a run that fails while starting leaves an earlier run's
+series and events byte-identical.
 - ``progress``: a tqdm bar with ETA, shown on the master process only.
 - ``make_logger``: Weights & Biases behind an optional logger. ``disabled`` never imports wandb;
   ``offline`` writes a run folder under ``WANDB_DIR`` without touching the network; ``online`` is only
@@ -37,29 +41,39 @@ LOG_COLUMNS = ["step", "tokens", "train_loss", "val_loss", "lr", "grad_norm", "t
 
 
 class CSVLog:
-    """Append-only CSV series with a fixed header (one row per logged step)."""
+    """Append-only CSV series with a fixed header (one row per logged step), written from ``start`` on."""
 
     def __init__(self, path: str | Path, columns: Iterable[str], resume_step: int | None = None):
         self.path = Path(path)
         self.columns = list(columns)
+        self.resume_step = resume_step
+        self.started = False
+
+    def start(self) -> None:
+        """Replace the file (atomically) by the header and the rows up to ``resume_step``; then appends."""
+        if self.started:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept: list[dict] = []
-        if resume_step is not None and self.path.is_file():
+        if self.resume_step is not None and self.path.is_file():
             # Keep the rows up to the checkpoint we resume from; the rest will be written again.
             with self.path.open(newline="", encoding="utf-8") as f:
-                kept = [r for r in csv.DictReader(f) if _int(r.get("step")) <= resume_step]
+                kept = [r for r in csv.DictReader(f) if _int(r.get("step")) <= self.resume_step]
         rows = [{k: r.get(k, "") for k in self.columns} for r in kept]
         text = StringIO(newline="")  # csv writes its own \r\n line ends
         w = csv.DictWriter(text, fieldnames=self.columns)
         w.writeheader()
         w.writerows(rows)
         write_bytes_atomic(self.path, text.getvalue().encode("utf-8"))  # a crash leaves the old series
+        self.started = True
 
     def append(self, row: dict) -> None:
+        self.start()
         with self.path.open("a", newline="", encoding="utf-8") as f:
             csv.DictWriter(f, fieldnames=self.columns).writerow({k: _fmt(row.get(k)) for k in self.columns})
 
     def rows(self) -> list[dict]:
+        self.start()
         with self.path.open(newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
 
@@ -80,21 +94,34 @@ def _fmt(v: Any) -> Any:
 
 
 class TextLog:
-    """A plain-text event log beside the series (fallbacks, resumes, interruptions)."""
+    """A plain-text event log beside the series (fallbacks, resumes, interruptions); lines wait for ``start``."""
 
     def __init__(self, path: str | Path, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
-        if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.pending: list[str] | None = []  # None once started
+
+    def start(self) -> None:
+        if not self.enabled or self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        for line in pending:
+            self._append(line)
 
     def write(self, message: str, echo: bool = True) -> None:
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(message.rstrip() + "\n")
+        if self.pending is not None:
+            self.pending.append(message)
+        else:
+            self._append(message)
         if echo:
             print_event(message)
+
+    def _append(self, message: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(message.rstrip() + "\n")
 
 
 def print_event(message: str) -> None:

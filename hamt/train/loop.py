@@ -9,7 +9,8 @@ ladder's decisions are ``ladder``; the end of a run (export, summary, interrupti
 Throughput counts only timed training steps (not evaluation, checkpoints or the first, compiling,
 step). DDP: launched by ``torchrun`` (env RANK set) the loop runs data-parallel (gloo on CPU, nccl
 on CUDA); each rank draws its own windows (RandomWindows rank/world_size), rank 0 logs and writes
-files. Not covered: an OOM under DDP or during evaluation stops the run.
+files. Not covered: an OOM under DDP or during evaluation stops the run. (Past 400 lines: the loop, one
+step and its logging read best in one file.)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from hamt.tokens import RandomWindows, load_split, read_meta
 from hamt.errors import ConfigError
 from hamt.metrics.systems import PeakMemory, flops_per_token, max_context, mfu, peak_flops
 from hamt.runtime import DistInfo, autocast_context, init_distributed, is_oom
-from hamt.train import export, state
+from hamt.train import export, inputs, state
 from hamt.train.evaluate import evaluate
 from hamt.train.faults import EnvFaults
 from hamt.train.ladder import Ladder, TrainingFailed, take_oom_rung
@@ -46,18 +47,25 @@ from hamt.zoo import build_model, model_config_for
 
 
 def train(params, *, resume: bool | str = False, model: str = "hamt", name: str | None = None,
-          fault_hook: Callable[[int], Any] | None = None) -> dict:
+          fault_hook: Callable[[int], Any] | None = None, force_new: bool = False) -> dict:
     """Train ``model`` (a name of ``hamt.zoo``) on the tokens of ``params.tokenizer.tokens_dir`` as run
     ``name`` (default: the model's name); return the summary (= metrics.json).
 
     ``resume``: True continues from the newest valid checkpoint in ``<out_dir>/<name>`` (a fresh start
-    when there is none); a path resumes from that checkpoint file. ``fault_hook(step)`` is called
+    when there is none); a path resumes from that checkpoint file. Without it, a folder holding another
+    run's checkpoints is refused unless ``force_new`` (the new run then replaces them once it has its
+    first checkpoint). DVC removes a stage's outputs before retraining and the flow clears a fresh run's
+    folders, so the pipeline's calls start in an empty folder. ``fault_hook(step)`` is called
     before each attempt at a step (tests): it may raise (e.g. ``torch.OutOfMemoryError``) or return
     ``"nan"`` to poison that step's loss.
     """
+    if resume and force_new:
+        raise ConfigError("--resume continues a run and --force-new starts a new one: pass one of them")
+    name = inputs.check_run_name(model if name is None else name)
+    inputs.check_output_dirs(params, name)
     dist_info, device = init_distributed(params.train.device)
     try:
-        return Trainer(params, name or model, model, dist_info, device, fault_hook).run(resume)
+        return Trainer(params, name, model, dist_info, device, fault_hook).run(resume, force_new)
     finally:
         if dist_info.ddp and dist.is_initialized():
             dist.destroy_process_group()
@@ -84,10 +92,12 @@ class Trainer:
         self.fault_hook = fault_hook
         self.text_log = None
 
-        # Data -------------------------------------------------------------------------------------
-        self.meta = read_meta(self.tokens_dir)
-        self.train_tokens = load_split(self.tokens_dir, "train")
-        self.valid_tokens = load_split(self.tokens_dir, "valid")
+        # Data (checked against meta.json before any work) ------------------------------------------
+        self.meta = inputs.checked_meta(self.tokens_dir, read_meta)
+        self.train_tokens = load_split(self.tokens_dir, "train", self.meta)
+        self.valid_tokens = load_split(self.tokens_dir, "valid", self.meta)
+        inputs.check_token_ids(self.tokens_dir, self.meta, {"train": self.train_tokens, "valid": self.valid_tokens})
+        self._vocab_note = inputs.model_vocab_note(params, int(self.meta["vocab_size"]))  # for train.log
 
         # Batch geometry: batch_size = micro_batch_size x accumulation x world_size.
         per_rank, rem = divmod(self.tp.batch_size, dist_info.world_size)
@@ -108,6 +118,8 @@ class Trainer:
         self.raw_model.train()
         self.n_params = sum(p.numel() for p in self.raw_model.parameters())
         self.identity = model_identity(self.config)
+        self.run_info = state.new_run(params, model, dist_info)  # in every checkpoint; a resume adopts its own
+        self.supersedes = False  # --force-new: remove the other runs' checkpoints after this run's first
         self._gc_supported = bool(getattr(self.raw_model, "supports_gradient_checkpointing", False))
         self._gc_on = False
 
@@ -187,12 +199,28 @@ class Trainer:
                              self.dist.rank, self.dist.world_size, name="the train split")
 
     # --- the loop ------------------------------------------------------------------------------
-    def run(self, resume: bool | str) -> dict:
+    def run(self, resume: bool | str, force_new: bool = False) -> dict:
+        """Hold the folder's lock (rank 0) for the whole run; a second run in the same folder exits at once."""
+        with inputs.exclusive(self.ckpt_dir) if self.master else contextlib.nullcontext():
+            return self._run(resume, force_new)
+
+    def publish_logs(self) -> None:
+        """The run has state to record (a checkpoint or a row): from now on log.csv and train.log are its own."""
+        if self.text_log is not None:
+            self.text_log.start()
+        if self.csv is not None:
+            self.csv.start()
+
+    def _run(self, resume: bool | str, force_new: bool) -> dict:
         self.text_log = TextLog(self.results_dir / "train.log", enabled=self.master)
+        if self._vocab_note:
+            self.event_log(self._vocab_note, echo=False)
         if self.master:
             remove_stale_temps(self.ckpt_dir)
         if resume:
             state.resume(self, resume)
+        else:
+            state.claim(self, force_new)
         self.csv = CSVLog(self.results_dir / "log.csv", LOG_COLUMNS, resume_step=self.step) if self.master else None
         self.logger = make_logger(self.tp.wandb, self.params.to_dict(), enabled=self.master, run_name=self.name)
         self.event_log(
@@ -218,6 +246,7 @@ class Trainer:
             # The flow reads this to decide on its fallback profile; the rungs taken are in "fallbacks".
             if self.master:
                 self.event_log(f"failed: {e}", echo=False)
+                self.publish_logs()
                 export.write_metrics(self, {**export.summary(self, t_start), "failed": str(e)})
             raise
         finally:
@@ -366,6 +395,7 @@ class Trainer:
             self.best_val = ev["val_loss"] if self.best_val is None else min(self.best_val, ev["val_loss"])
         self.interval = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0, "fid": []}
         if self.master:
+            self.publish_logs()
             self.csv.append(row)
             self.logger.log({k: v for k, v in row.items() if k != "step"}, step=step)
             if do_eval:

@@ -7,6 +7,12 @@ identity and the loop's counters (tokens, timed training time, best/last validat
 partial logging interval). Nothing else in the loop draws random numbers, so restoring these is
 enough for an identical continuation on the CPU.
 
+Runs own their checkpoints: each carries the run's identity (``run``: a run id and the resolved config's
+hash; ``hamt.checkpoint`` puts the id in the sidecar), and pruning, roll-back and resume consider only the
+checkpoints of the run at hand. A new run in a folder holding another run's checkpoints is refused
+(``claim``) unless started with ``--force-new``; its first checkpoint then supersedes the old run's,
+which are deleted only once it exists, so a new run that fails early leaves the old one intact.
+
 The functions take the ``Trainer`` (hamt/train/loop.py) and read or set its fields: they are the
 part of it that talks to checkpoints, kept apart so the loop reads as build / step / log.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,10 +35,13 @@ from hamt.checkpoint import (
     check_model,
     load_checkpoint,
     load_latest,
+    remove_other_runs,
     restore_rng_state,
+    runs_in,
     save_checkpoint,
 )
-from hamt.errors import CheckpointError
+from hamt.errors import CheckpointError, ConfigError
+from hamt.io import json_sha256
 from hamt.metrics.systems import flops_per_token
 from hamt.runtime import DistInfo
 from hamt.train.ladder import Ladder, TrainingFailed, check_divergence
@@ -44,6 +54,16 @@ if TYPE_CHECKING:
 # paths may change freely.
 CONTINUATION_KEYS = ("batch_size", "seq_len", "lr", "min_lr", "warmup_steps", "weight_decay", "betas",
                      "grad_clip", "seed", "precision")
+
+
+def new_run(params, model: str, dist_info: DistInfo) -> dict:
+    """A new run's identity: a fresh id (the same on every rank) and the hash of the resolved config."""
+    run = {"run_id": uuid.uuid4().hex[:12], "config_hash": json_sha256({"model": model, **params.to_dict()})[:16]}
+    if dist_info.ddp:
+        ids = [run["run_id"]]
+        dist.broadcast_object_list(ids, src=0)  # every rank keeps to the same run's checkpoints
+        run["run_id"] = ids[0]
+    return run
 
 
 def capture(t: Trainer) -> dict:
@@ -77,7 +97,11 @@ def save(t: Trainer) -> Path | None:
     if t.master:
         hook = t.env_faults.checkpoint_hook(t.step) if t.env_faults else None
         try:
-            path = save_checkpoint(state, t.ckpt_dir, t.step, keep=t.tp.keep_checkpoints, write_hook=hook)
+            path = save_checkpoint(state, t.ckpt_dir, t.step, keep=t.tp.keep_checkpoints, write_hook=hook, run=t.run_info)
+            if t.supersedes:  # --force-new: the old run's checkpoints go once this run has one of its own
+                remove_other_runs(t.ckpt_dir, t.run_info["run_id"])
+                t.supersedes = False
+            t.publish_logs()
         except CheckpointError as e:
             err = e
     if t.dist.ddp:
@@ -97,21 +121,60 @@ def resume(t: Trainer, resume: bool | str) -> None:
         state, path = load_checkpoint(resume), Path(resume)
         check_model(state, t.identity, path)
     else:
-        state, path = load_latest(t.ckpt_dir, "cpu", t.identity)
+        state, path = load_latest(t.ckpt_dir, "cpu", t.identity)  # the run that wrote last
     if state is None:
         t.event_log(f"no checkpoint in {t.ckpt_dir}; starting from step 0")
+        claim(t, force_new=False)
         return
     warn_changed_params(t, state.get("params", {}), path)
-    restore(t, state)
+    restore(t, state, path=path)
+    saved_run = state.get("run")
+    if isinstance(saved_run, dict) and saved_run.get("run_id"):
+        t.run_info = {**t.run_info, "run_id": str(saved_run["run_id"])}  # this run continues that one
+    else:  # written before runs had ids: continue as a new run that supersedes those files
+        t.supersedes = True
     t.resumed_from = str(path)
     t.event_log(f"resumed from {path} (step {t.step})", echo=False)
 
 
-def restore(t: Trainer, state: dict, rollback: bool = False) -> None:
+def claim(t: Trainer, force_new: bool) -> None:
+    """A fresh start: refuse a folder holding another run's checkpoints unless ``force_new`` (then supersede them)."""
+    others = {run: step for run, step in runs_in(t.ckpt_dir).items() if run != t.run_info["run_id"]}
+    if not others:
+        return
+    if not force_new:
+        run, step = max(others.items(), key=lambda kv: kv[1])
+        raise ConfigError(
+            f"{t.ckpt_dir} holds the checkpoints of another run ({f'run {run}' if run else 'a run'}, up to step {step}); "
+            "pass --resume to continue it, or --force-new (or another --name) to start over")
+    t.supersedes = True
+    t.event_log(f"--force-new: the checkpoints of {len(others)} earlier run(s) in {t.ckpt_dir} are replaced by this "
+                "run's once it has written its first", echo=False)
+
+
+def check_shapes(t: Trainer, state: dict, path) -> None:
+    """Every tensor of the checkpoint's model has the shape this config gives it (before any load)."""
+    saved = state.get("model")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no model weights; start over with hamt train --force-new")
+    mine = t.raw_model.state_dict()
+    missing, extra = sorted(set(mine) - set(saved)), sorted(set(saved) - set(mine))
+    if missing or extra:
+        raise CheckpointError(f"{path} does not fit this model (missing {missing[:2]}, unexpected {extra[:2]}); "
+                              "use another train.out_dir or --name")
+    for k, v in mine.items():
+        shape = tuple(getattr(saved[k], "shape", ()))
+        if shape != tuple(v.shape):
+            raise CheckpointError(f"{path} does not fit this model ({k}: checkpoint {list(shape)}, model "
+                                  f"{list(v.shape)}); use another train.out_dir or --name")
+
+
+def restore(t: Trainer, state: dict, rollback: bool = False, path="checkpoint") -> None:
     """Load ``state`` into the trainer. A roll-back keeps the ladder's current rungs (taken since then)."""
     if int(state.get("world_size", 1)) != t.dist.world_size:
         raise CheckpointError(f"checkpoint was written by {state.get('world_size')} processes, this run has "
                               f"{t.dist.world_size}; resume with the same number of processes")
+    check_shapes(t, state, path)
     t.raw_model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
     t.sched.load_state_dict(state["scheduler"])
@@ -144,17 +207,20 @@ def restore(t: Trainer, state: dict, rollback: bool = False) -> None:
 def roll_back(t: Trainer, step: int, reason: str) -> None:
     """After a divergence at ``step``: back to the newest good checkpoint, learning rate x fallback.lr_factor."""
     check_divergence(t.ladder, t.fp, step, reason)
-    state, path = load_latest(t.ckpt_dir, "cpu", t.identity)
+    state, path = load_latest(t.ckpt_dir, "cpu", t.identity, run_id=t.run_info["run_id"])  # this run's only
     if state is None:
         raise TrainingFailed(f"{reason} at step {step} and no checkpoint to roll back to; lower train.lr")
     old_scale = t.sched.scale
-    restore(t, state, rollback=True)
+    restore(t, state, rollback=True, path=path)
     t.ladder.divergence_retries += 1
     t.sched.scale = old_scale * t.fp.lr_factor
     t.event_log(t.ladder.record(step, "divergence", t.tp.lr * old_scale, t.tp.lr * t.sched.scale,
                                 f"{reason}; rolled back to step {t.step} ({path.name})"))
     if t.csv is not None:
+        started = t.csv.started
         t.csv = CSVLog(t.csv.path, LOG_COLUMNS, resume_step=t.step)  # drop the rows after the checkpoint
+        if started:
+            t.csv.start()
     t.bar.n = t.step
     t.bar.refresh()
 

@@ -107,6 +107,50 @@ def test_disk_full_leaves_previous_checkpoint_intact(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]
 
 
+def test_torch_zip_writer_failure_is_one_line_and_leaves_no_temp(tmp_path):
+    """A full disk reaches torch's zip writer as RuntimeError "unexpected pos", not OSError."""
+    good = ck.save_checkpoint(_state(1), tmp_path, 10)
+
+    def short_write(nbytes):
+        if nbytes > 4096:
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 8704 vs 8598")
+
+    with pytest.raises(CheckpointError, match=r"step_00000020.pt \(the write stopped short: disk full\?; [\d,.]+ MiB "
+                                              r"free there\); the previous checkpoint step_00000010.pt is intact") as e:
+        ck.save_checkpoint(_state(2), tmp_path, 20, write_hook=short_write)
+    assert "\n" not in str(e.value)
+    assert ck.verify(good) is None and sorted(p.name for p in tmp_path.iterdir()) == [good.name, good.name + ".sha256"]
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 3 MiB tmpfs: a real full disk (needs root and a kernel that lets this process mount)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({(r.stderr or r.stdout).strip()[:120]})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_real_full_disk_during_a_checkpoint_write(tiny_tmpfs):
+    ck.save_checkpoint(_state(1), tiny_tmpfs, 10)  # ~17 KB: fits
+    big = {"model": {"w": torch.zeros(1 << 20)}, "model_identity": {"model_type": "toy"}}  # 4 MiB: does not
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*step_00000020.pt .*MiB free there") as e:
+        ck.save_checkpoint(big, tiny_tmpfs, 20)
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["step_00000010.pt", "step_00000010.pt.sha256"]
+    assert ck.verify(tiny_tmpfs / "step_00000010.pt") is None
+
+
 def test_interrupted_write_is_never_loaded(tmp_path):
     """A temp file left by a killed writer is ignored by load and removed by remove_stale_temps."""
     ck.save_checkpoint(_state(1), tmp_path, 10)
@@ -119,13 +163,17 @@ def test_interrupted_write_is_never_loaded(tmp_path):
 
     with pytest.raises(Killed):
         ck.save_checkpoint(_state(2), tmp_path, 20, write_hook=die)
-    (tmp_path / ".step_00000020.pt.tmp.999").write_bytes(b"partial")  # what a real kill would leave
-    (tmp_path / ".final.tmp.999").mkdir()  # ... or an unfinished save_pretrained export
-    (tmp_path / ".final.tmp.999" / "config.json").write_text("{}")
+    (tmp_path / ".step_00000020.pt.tmp.0a1b2c3d").write_bytes(b"partial")  # what a real kill would leave
+    (tmp_path / ".final.tmp.k2_x9q7z").mkdir()  # ... or an unfinished save_pretrained export
+    (tmp_path / ".final.tmp.k2_x9q7z" / "config.json").write_text("{}")
+    # Files this project never writes here keep their place, whatever they look like.
+    foreign = [".notes.tmp.txt", ".data.old.backup", ".step_00000020.pt.tmp.999", "x.tmp.0a1b2c3d"]
+    for name in foreign:
+        (tmp_path / name).write_text("keep me")
     state, path = ck.load_latest(tmp_path)
     assert path.name == "step_00000010.pt"
     assert len(ck.remove_stale_temps(tmp_path)) == 3
-    assert not [p for p in tmp_path.iterdir() if ".tmp." in p.name]
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp." in p.name or ".old." in p.name) == sorted(foreign)
     assert ck.verify(ck.checkpoint_path(tmp_path, 10)) is None
 
 

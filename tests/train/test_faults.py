@@ -218,3 +218,29 @@ def test_fault_spec_fires_once_and_bad_entries_are_config_errors():
     with pytest.raises(OSError) as e:
         hook(100)
     assert e.value.errno == errno.ENOSPC and faults.checkpoint_hook(5) is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# One run per folder: an OS lock, released however the holder dies
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_a_second_run_in_the_same_folder_is_refused_and_a_killed_run_does_not_block(tokens_dir, tmp_path):
+    ckdir = tmp_path / "ckpt" / "hamt"
+    first = spawn(tokens_dir, tmp_path, "sleep@3:120")  # holds the folder, stalled at step 3
+    lock = ckdir / ".hamt.lock"
+    wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid), first)
+    wait_for(lambda: ck.list_checkpoints(ckdir), first)  # step 0 written: the first run is under way
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".hamt.lock"}
+    second = spawn(tokens_dir, tmp_path, "", resume=True)
+    code, err = finish(second)
+    assert code == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"pid {first.pid}" in lines[0] and "Traceback" not in err, err[-2000:]
+    assert first.poll() is None  # the first run is unaffected ...
+    assert {p: p.read_bytes() for p in before} == before  # ... and so are its files
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    s = resume_in_process(tokens_dir, tmp_path)  # the lock died with its holder
+    assert s["steps"] == params(tokens_dir, tmp_path).train.max_steps and s["resumed_from"]
+    assert not lock.exists()

@@ -24,10 +24,27 @@ def test_csv_log_resume_keeps_rows_up_to_the_step(tmp_path):
 
 
 def test_text_log_only_on_the_master(tmp_path, capsys):
-    TextLog(tmp_path / "a" / "train.log").write("resumed\n", echo=True)
-    TextLog(tmp_path / "b" / "train.log", enabled=False).write("ignored")
-    assert (tmp_path / "a" / "train.log").read_text() == "resumed\n" and not (tmp_path / "b").exists()
+    log = TextLog(tmp_path / "a" / "train.log")
+    log.write("resumed\n", echo=True)
+    assert not (tmp_path / "a").exists()  # nothing on disk before the run has state to record
+    log.start()
+    log.write("next")
+    off = TextLog(tmp_path / "b" / "train.log", enabled=False)
+    off.write("ignored")
+    off.start()
+    assert (tmp_path / "a" / "train.log").read_text() == "resumed\nnext\n" and not (tmp_path / "b").exists()
     assert "resumed" in capsys.readouterr().err
+
+
+def test_csv_log_touches_the_old_series_only_from_start(tmp_path):
+    path = tmp_path / "log.csv"
+    old = CSVLog(path, LOG_COLUMNS)
+    old.append({"step": 5, "train_loss": 1.0})
+    before = path.read_bytes()
+    new = CSVLog(path, LOG_COLUMNS, resume_step=0)  # a new run that has not recorded anything yet
+    assert path.read_bytes() == before and not new.started
+    new.append({"step": 1, "train_loss": 2.0})
+    assert [r["step"] for r in new.rows()] == ["1"]
 
 
 def test_wandb_disabled_never_imports_wandb(monkeypatch):
