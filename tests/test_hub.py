@@ -154,3 +154,72 @@ def test_pipeline_text_generation_with_the_saved_tokenizer(saved):
         ref = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
     assert text == tok.decode(ref[0])
     assert text.startswith("the queen") and len(text) > len("the queen")
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer's final/: tokenizer, resolved parameters, model card
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A micro run of `hamt train`, as the pipeline makes it."""
+    import yaml
+
+    from hamt.params import read_yaml, resolve
+    from hamt.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    tokens = make_micro_tokens(root, seed=6)
+    params = resolve(read_yaml(ROOT / "params.yaml"), "micro", [
+        f"tokenizer.tokens_dir={tokens}", f"train.out_dir={root / 'ckpt'}", f"train.results_dir={root / 'results'}",
+        "train.device=cpu", "train.max_steps=4", "train.eval_every=4", "train.ckpt_every=4"])
+    summary = train(params, model="hamt")
+    return Path(summary["final_dir"]), summary, params, yaml
+
+
+def test_final_carries_tokenizer_code_params_and_card(trained):
+    from transformers import AutoTokenizer
+
+    final, summary, params, yaml = trained
+    for f in ("config.json", "model.safetensors", "modeling_hamt.py", "tokenizer.json", "tokenizer_config.json",
+              "meta.json", "hamt_params.yaml", "README.md"):
+        assert (final / f).is_file(), f
+    tok = AutoTokenizer.from_pretrained(final)
+    meta = json.loads((final / "meta.json").read_text())
+    assert tok.eos_token == meta["eot_token"] and tok.eos_token_id == meta["eot_id"]
+    # the saved parameters are this run's, and load as a params file
+    from hamt.params import load_params
+
+    again = load_params(final / "hamt_params.yaml")
+    assert again.to_dict() == params.to_dict()
+
+
+def test_model_card_front_matter_and_numbers(trained):
+    final, summary, params, yaml = trained
+    text = (final / "README.md").read_text()
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["library_name"] == "transformers" and "custom_code" in front["tags"]
+    assert {"perplexity", "bits_per_byte"} <= set(front["metrics"])
+    assert f"{summary['n_params']:,}" in text
+    assert f"{summary['val_loss']:.4f}" in text and f"{summary['tokens']:,} tokens" in text
+    assert "hamt train --params hamt_params.yaml --model hamt" in text
+    assert "trust_remote_code=True" in text and "pipeline(" in text and "HAMTForCausalLM.from_pretrained" in text
+    assert summary["weights_sha256"] in text
+
+
+def test_final_folder_generates_through_the_pipeline(trained):
+    """The folder alone, in transformers' pipeline with its own tokenizer (no tokens dir, no hamt import); a
+    left-padded batch gives what each prompt gives alone (the mask is honoured through the pipeline too)."""
+    final, _, _, _ = trained
+    code = ("import json, sys\nfrom transformers import pipeline\n"
+            "pipe = pipeline('text-generation', model=sys.argv[1], trust_remote_code=True, device='cpu')\n"
+            "kw = dict(max_new_tokens=4, do_sample=False)\n"
+            "batch = pipe(['the queen', 'a'], batch_size=2, **kw)\n"
+            "alone = [pipe(p, **kw) for p in ['the queen', 'a']]\n"
+            "print(json.dumps({'batch': [o[0]['generated_text'] for o in batch],"
+            " 'alone': [o[0]['generated_text'] for o in alone]}))")
+    r = _run(code, str(final))
+    assert r["batch"][0].startswith("the queen") and r["batch"][1].startswith("a")
+    assert r["batch"] == r["alone"]
