@@ -224,3 +224,43 @@ def test_float64_end_to_end_gradcheck(mode):
         return out.logits @ proj  # (1, 5): a few outputs keep the check fast
 
     assert torch.autograd.gradcheck(f, (emb, *params.values()), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_model_keeps_the_memory_in_complex64_and_trains():
+    torch.manual_seed(0)
+    m = HAMTForCausalLM(small_config()).to(torch.bfloat16).train()
+    x = torch.randint(0, 61, (2, 12))
+    out = m(x, labels=x, use_cache=True)
+    assert out.logits.dtype == torch.bfloat16 and out.cache.layers[0].memory.dtype == torch.complex64
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and m.blocks[0].mixer.kqv.weight.grad.abs().sum() > 0
+
+
+def test_resize_token_embeddings_keeps_the_old_rows():
+    torch.manual_seed(0)
+    m = HAMTForCausalLM(small_config()).eval()
+    x = torch.randint(0, 61, (1, 8))
+    with torch.no_grad():
+        before = m(x).logits
+    m.resize_token_embeddings(70)
+    assert m.config.vocab_size == 70 and m.lm_head.weight.shape[0] == 70
+    with torch.no_grad():
+        torch.testing.assert_close(m(x).logits[..., :61], before)
+
+
+def test_hf_trainer_trains_it(tmp_path):
+    pytest.importorskip("accelerate")
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    m = HAMTForCausalLM(small_config())
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, 61, (16,), generator=g).tolist() for _ in range(8)]
+    ds = Dataset.from_dict({"input_ids": rows, "labels": rows})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+                             report_to=[], save_strategy="no", use_cpu=True, logging_steps=1)
+    before = m.blocks[0].mixer.kqv.weight.detach().clone()
+    result = Trainer(model=m, args=args, train_dataset=ds).train()
+    assert result.global_step == 3 and torch.isfinite(torch.tensor(result.training_loss))
+    assert not torch.equal(before, m.blocks[0].mixer.kqv.weight.detach())
