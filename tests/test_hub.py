@@ -110,7 +110,11 @@ WAYS = {
         "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in str(getattr(f, '__module__', ''))]\n"
         "import os\nsys.path[:] = [p for p in sys.path if p and '__editable__' not in p and os.path.realpath(p) != {root!r}]",
         "from transformers import AutoModelForCausalLM\n"
-        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)"),
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+        # saved again from inside the copied code, the folder still loads (the copies copy themselves)
+        "import tempfile\nd = tempfile.mkdtemp()\nmodel.save_pretrained(d)\n"
+        "out['resaved'] = sorted(f for f in os.listdir(d) if f.endswith('.py'))\n"
+        "model = AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True)"),
     "hamt_model_direct": ("", "from hamt.model import HAMTForCausalLM\n"
                           "model = HAMTForCausalLM.from_pretrained(sys.argv[1])"),
 }
@@ -133,8 +137,26 @@ def test_fresh_process_loads_the_same_model(saved, way):
     if way == "trust_remote_code_without_hamt":
         assert r["hamt_importable"] is False
         assert r["module"].startswith("transformers_modules.") and r["module"].endswith("modeling_hamt")
+        assert r["resaved"] == sorted(p.name for p in path.glob("*.py"))
     else:
         assert r["module"] == "hamt.model"
+
+
+def test_import_hamt_is_light_and_registers_in_any_import_order():
+    """``import hamt`` loads neither torch nor transformers; the Auto classes know "hamt" once transformers'
+    Auto modules are loaded, whichever transformers module a program imports first."""
+    r = _run("import hamt, sys, json\nprint(json.dumps({'heavy': sorted(m for m in ('torch', 'transformers') "
+             "if m in sys.modules)}))")
+    assert r["heavy"] == []
+    check = ("from transformers import AutoConfig, AutoModelForCausalLM\n"
+             "from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING\n"
+             "cfg = AutoConfig.for_model('hamt')\n"
+             "print(json.dumps({'config': type(cfg).__module__, "
+             "'model': MODEL_FOR_CAUSAL_LM_MAPPING[type(cfg)].__module__}))")
+    for first in ("from transformers import PreTrainedModel", "from transformers import GenerationMixin",
+                  "from transformers import pipeline", "import transformers.modeling_utils"):
+        r = _run(f"import json\nimport hamt\n{first}\n{check}")
+        assert r == {"config": "hamt.config", "model": "hamt.model"}, first
 
 
 def test_pipeline_text_generation_with_the_saved_tokenizer(saved):
