@@ -35,6 +35,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                  num_attention_heads=16, max_position_embeddings=1024),
 }
 
+# What ``HAMTConfig.n_positions`` reports to clients such as lm-eval (a recurrence has no positional limit).
+SERVING_CONTEXT = 65_536
+
 # What the seed claimed for each preset (None: no claim).
 SEED_CLAIMED_PARAMS = {"tiny": None, "33m": 33.67e6, "50m": 50e6, "100m": 100e6, "200m": 200e6}
 
@@ -100,6 +103,16 @@ class HAMTConfig(PreTrainedConfig):
     @property
     def mlp_dim(self) -> int:
         return int(self.mlp_ratio * self.hidden_dim)
+
+    @property
+    def n_positions(self) -> int:
+        """The context clients may feed at once: SERVING_CONTEXT, not the training context.
+
+        Clients size their windows from the config: lm-evaluation-harness's HFLM reads ``n_positions``
+        first (then ``max_position_embeddings``), so without this its rolling log-likelihood would cut a
+        recurrent model's documents into training-context windows. The state is constant in size, so
+        any length works; the bound only keeps a window's (T, vocab) logits tensor in memory."""
+        return SERVING_CONTEXT
 
     # ---- validation (huggingface_hub's @strict runs every validate_* method) -----------------------
     def validate_hamt(self) -> None:

@@ -3,6 +3,13 @@
 Plain ``nn.Module``s with no Hugging Face dependency; ``hamt.model`` wraps them. Each layer's
 recurrent state is a ``LayerState`` (memory + convolution tail), constant in size whatever the
 context length.
+
+Padding: ``mask`` (B, T), true at real tokens. A masked position writes nothing and does not decay the
+memory (write weight w = 0, log forget log_f = 0, so the state passes through unchanged) and enters the
+short convolution as zeros, so a left-padded row computes exactly what the unpadded prompt computes.
+
+Precision: the memory runs in max(float32, parameter dtype): complex64 for fp32/bf16/fp16 models,
+complex128 for a float64 model (``compute_dtype``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ class MixerStats:
     slot_usage: torch.Tensor
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype the memory and the norms compute in for parameters of ``dtype``: at least float32."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -44,9 +56,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = x.to(compute_dtype(x.dtype))
         y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return (y * self.weight.to(xf.dtype)).to(x.dtype)
 
 
 class CausalConv(nn.Module):
@@ -109,37 +121,45 @@ class HolographicMemory(nn.Module):
             self.out_norm.fill_(1.0)
 
     # ------------------------------------------------------------------------------------------
-    def _gates(self, u: torch.Tensor):
-        """log forget (B,T,H), write weights w (B,T,H,S), read weights b (B,T,H,S), write address a."""
+    def _gates(self, u: torch.Tensor, dtype: torch.dtype, mask: torch.Tensor | None):
+        """log forget (B,T,H), write weights w (B,T,H,S), read weights b (B,T,H,S), write address a.
+
+        At masked positions log_f = 0 and w = 0: the memory neither decays nor is written."""
         B, T, _ = u.shape
         H, S = self.H, self.S
         if self.gates is not None:
-            g = self.gates(u).float()
+            g = self.gates(u).to(dtype)
             f_logit, a_logit, b_logit = g.split([H, H * S, H * S], dim=-1)
-            log_f = F.logsigmoid(f_logit + self.forget_bias.float())  # (B, T, H)
+            log_f = F.logsigmoid(f_logit + self.forget_bias.to(dtype))  # (B, T, H)
             a = a_logit.view(B, T, H, S).softmax(-1)
             b = b_logit.view(B, T, H, S).softmax(-1)
         else:
-            log_f = F.logsigmoid(self.forget_bias.float()).expand(B, T, H)
-            a = u.new_full((B, T, H, S), 1.0 / S, dtype=torch.float32)
+            log_f = F.logsigmoid(self.forget_bias.to(dtype)).expand(B, T, H)
+            a = u.new_full((B, T, H, S), 1.0 / S, dtype=dtype)
             b = a
-        w = -torch.expm1(log_f)[..., None] * a  # (1 - f) * a
+        if mask is not None:
+            log_f = log_f * mask[..., None].to(dtype)
+        w = -torch.expm1(log_f)[..., None] * a  # (1 - f) * a: zero where log_f = 0
         return log_f, w, b, a
 
     def forward(
-        self, x: torch.Tensor, state: LayerState | None = None, want_stats: bool = False
+        self, x: torch.Tensor, state: LayerState | None = None, want_stats: bool = False,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LayerState, MixerStats | None]:
+        """``mask`` (B, T) bool, true at real tokens (None: all real); see the module docstring."""
         B, T, _ = x.shape
         H, P = self.H, self.P
+        dtype = compute_dtype(self.kqv.weight.dtype)  # fp32 at least, for the FFT and the state
         conv_tail = None
         u = x
         if self.conv is not None:
-            u, conv_tail = self.conv(x, None if state is None else state.conv)
-        k, q, v = self.kqv(u).float().view(B, T, 3, H, P).unbind(2)  # each (B, T, H, P), fp32 for the FFT
+            xc = x if mask is None else x * mask[..., None].to(x.dtype)  # padding enters the conv as zeros
+            u, conv_tail = self.conv(xc, None if state is None else state.conv)
+        k, q, v = self.kqv(u).to(dtype).view(B, T, 3, H, P).unbind(2)  # each (B, T, H, P)
         K = unitary(torch.fft.rfft(k), self.config.norm_eps)  # (B, T, H, F)
         Q = unitary(torch.fft.rfft(q), self.config.norm_eps)
         V = torch.fft.rfft(v)
-        log_f, w, b, a = self._gates(u)
+        log_f, w, b, a = self._gates(u, dtype, mask)
         c = a if want_stats else None
         mem0 = None if state is None else state.memory
         if T == 1 and mem0 is not None and not torch.is_grad_enabled():
@@ -151,14 +171,19 @@ class HolographicMemory(nn.Module):
                                      mode=self.config.memory_mode, chunk_size=self.config.chunk_size)
         y = torch.fft.irfft(r, n=P)  # (B, T, H, P)
         y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.config.norm_eps)  # per-head RMS norm
-        y = y.reshape(B, T, H * P) * self.out_norm.float()
+        y = y.reshape(B, T, H * P) * self.out_norm.to(dtype)
         y = y.to(x.dtype) * F.silu(self.out_gate(x))
         out = self.out_proj(y)
         stats = None
         if want_stats:
             recalled = torch.fft.irfft(uu, n=P)  # (B, T, H, P) what the key unbinds right after the write
-            fid = F.cosine_similarity(recalled, v, dim=-1, eps=1e-6).mean()
-            stats = MixerStats(fidelity=fid, slot_usage=a.mean(dim=(0, 1, 2)))
+            fid = F.cosine_similarity(recalled, v, dim=-1, eps=1e-6)  # (B, T, H)
+            if mask is None:
+                stats = MixerStats(fidelity=fid.mean(), slot_usage=a.mean(dim=(0, 1, 2)))
+            else:  # averages over the real tokens only
+                m = mask.to(dtype)[..., None]  # (B, T, 1)
+                n = m.sum().clamp_min(1) * H
+                stats = MixerStats(fidelity=(fid * m).sum() / n, slot_usage=(a * m[..., None]).sum((0, 1, 2)) / n)
         return out, LayerState(mem, conv_tail), stats
 
 
@@ -183,8 +208,8 @@ class HAMTBlock(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, state: LayerState | None = None, want_stats: bool = False):
-        h, new_state, stats = self.mixer(self.norm1(x), state, want_stats)
+    def forward(self, x, state: LayerState | None = None, want_stats: bool = False, mask: torch.Tensor | None = None):
+        h, new_state, stats = self.mixer(self.norm1(x), state, want_stats, mask)
         x = x + self.drop(h)
         x = x + self.drop(self.mlp(self.norm2(x)))
         return x, new_state, stats

@@ -1,10 +1,14 @@
 """``HAMTForCausalLM``: the Hugging Face causal-LM wrapper around the HAMT blocks.
 
 Importing this module registers ``model_type="hamt"`` with ``AutoConfig`` and
-``AutoModelForCausalLM``, so ``save_pretrained`` / ``AutoModelForCausalLM.from_pretrained`` work.
-Generation carries the recurrent state (``HAMTCache``) instead of re-running the prefix: the model
-opts out of transformers' default dynamic KV cache (``_supports_default_dynamic_cache`` -> False,
-``_is_stateful``) and reorders its state for beam search (``_reorder_cache``).
+``AutoModelForCausalLM`` (``import hamt`` arranges that as soon as transformers' Auto classes load), so
+``save_pretrained`` / ``AutoModelForCausalLM.from_pretrained`` work. ``save_pretrained`` also writes
+the model's code and ``auto_map`` (``hamt.hub``), so the folder loads with ``trust_remote_code=True``
+where hamt is not installed. Generation carries the recurrent state (``HAMTCache``) instead of
+re-running the prefix: the model opts out of transformers' default dynamic KV cache
+(``_supports_default_dynamic_cache`` -> False, ``_is_stateful``) and reorders its state for beam search
+(``_reorder_cache``). ``attention_mask`` (left or right padding) reaches every layer: padded positions
+leave the state untouched (hamt.layers).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from hamt.config import HAMTConfig
-from hamt.layers import HAMTBlock, HolographicMemory, LayerState, RMSNorm
+from hamt.layers import HAMTBlock, HolographicMemory, LayerState, RMSNorm, compute_dtype
 
 
 class HAMTCache:
@@ -72,6 +76,7 @@ class HAMTCausalLMOutput(ModelOutput):
     aux_loss: torch.Tensor | None = None
     fidelity: torch.Tensor | None = None
     slot_usage: torch.Tensor | None = None  # (L, S) mean write weight per slot per layer
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # L + 1: embeddings, each block, the last after the norm
 
 
 class HAMTPreTrainedModel(PreTrainedModel):
@@ -81,6 +86,13 @@ class HAMTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["HAMTBlock"]
     _is_stateful = True
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save, plus the code copies and ``auto_map`` that trust_remote_code loads (hamt.hub)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        from hamt.hub import write_remote_code
+
+        write_remote_code(save_directory)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -136,8 +148,8 @@ class HAMTForCausalLM(HAMTPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, **kwargs):
         inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, attention_mask=attention_mask, **kwargs)
-        inputs.pop("attention_mask", None)  # a recurrence has no mask; left padding is not supported
-        inputs.pop("position_ids", None)
+        inputs["attention_mask"] = attention_mask  # the whole mask; forward uses its last T columns
+        inputs.pop("position_ids", None)  # order comes from the recurrence
         return inputs
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
@@ -153,23 +165,36 @@ class HAMTForCausalLM(HAMTPreTrainedModel, GenerationMixin):
         return_memory_stats: bool = False,
         inputs_embeds: torch.Tensor | None = None,
         return_dict: bool | None = None,
-        attention_mask: torch.Tensor | None = None,  # accepted for API compatibility; unused (see above)
+        attention_mask: torch.Tensor | None = None,  # (B, T) or (B, past + T): 1 = real token, 0 = padding
         logits_to_keep: int = 0,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> HAMTCausalLMOutput:
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, d)
         T = x.shape[1]
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask[:, -T:].to(device=x.device, dtype=torch.bool)  # (B, T); generate passes past + T
+            if bool(mask.all()):
+                mask = None  # nothing padded: the unmasked path
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        hidden = [x] if output_hidden_states else None
         want_stats = bool(return_memory_stats or (self.config.use_auxiliary_loss and labels is not None))
         states = cache.layers if cache is not None else [None] * len(self.blocks)
         new_states, stats = [], []
         for block, state in zip(self.blocks, states):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, st, s = checkpoint(block, x, state, want_stats, use_reentrant=False)
+                x, st, s = checkpoint(block, x, state, want_stats, mask, use_reentrant=False)
             else:
-                x, st, s = block(x, state, want_stats)
+                x, st, s = block(x, state, want_stats, mask)
             new_states.append(st)
             stats.append(s)
+            if hidden is not None:
+                hidden.append(x)
         x = self.norm(x)
+        if hidden is not None:
+            hidden[-1] = x  # the HF convention: the last hidden state is after the final norm
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(x)  # (B, T, V)
@@ -181,8 +206,12 @@ class HAMTForCausalLM(HAMTPreTrainedModel, GenerationMixin):
             aux_loss = 1.0 - fidelity
         loss = None
         if labels is not None:
+            targets = labels[:, 1:]
+            if mask is not None:  # a target counts only if it and the token predicting it are real
+                targets = targets.masked_fill(~(mask[:, 1:] & mask[:, :-1]), -100)
             lm_loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+                logits[:, :-1].reshape(-1, logits.shape[-1]).to(compute_dtype(logits.dtype)), targets.reshape(-1),
+                ignore_index=-100,
             )
             loss = lm_loss
             if self.config.use_auxiliary_loss:
@@ -193,11 +222,17 @@ class HAMTForCausalLM(HAMTPreTrainedModel, GenerationMixin):
             seen = (cache.seen_tokens if cache is not None else 0) + T
             new_cache = HAMTCache(new_states, seen)
         return HAMTCausalLMOutput(loss=loss, logits=logits, cache=new_cache, lm_loss=lm_loss, aux_loss=aux_loss,
-                                  fidelity=fidelity, slot_usage=slot_usage)
+                                  fidelity=fidelity, slot_usage=slot_usage,
+                                  hidden_states=tuple(hidden) if hidden is not None else None)
 
 
-AutoConfig.register("hamt", HAMTConfig, exist_ok=True)
-AutoModelForCausalLM.register(HAMTConfig, HAMTForCausalLM, exist_ok=True)
+def register_auto_classes() -> None:
+    """``model_type="hamt"`` -> these classes, for AutoConfig and AutoModelForCausalLM."""
+    AutoConfig.register("hamt", HAMTConfig, exist_ok=True)
+    AutoModelForCausalLM.register(HAMTConfig, HAMTForCausalLM, exist_ok=True)
+
+
+register_auto_classes()
 
 
 def count_parameters(config: HAMTConfig) -> int:

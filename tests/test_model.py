@@ -173,3 +173,94 @@ def test_tiny_model_overfits_one_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.2 * first, (first, loss.item())
+
+
+def test_output_hidden_states_follow_the_hf_convention():
+    """L + 1 states: the embeddings, each block's output, the last one after the final norm."""
+    torch.manual_seed(0)
+    m = HAMTForCausalLM(small_config()).eval()
+    x = torch.randint(0, 61, (2, 9))
+    with torch.no_grad():
+        out = m(x, output_hidden_states=True)
+        hs = out.hidden_states
+        assert len(hs) == m.config.num_layers + 1 and all(h.shape == (2, 9, 32) for h in hs)
+        torch.testing.assert_close(hs[0], m.embed(x))
+        h1, _, _ = m.blocks[0](hs[0])
+        torch.testing.assert_close(hs[1], h1)
+        torch.testing.assert_close(m.lm_head(hs[-1]), out.logits)
+        assert m(x).hidden_states is None
+
+
+@pytest.mark.parametrize("mode", ["auto", "chunk", "reference"])
+def test_float64_model_runs_the_memory_in_complex128(mode):
+    torch.manual_seed(0)
+    m = HAMTForCausalLM(small_config(memory_mode=mode)).double().eval()
+    with torch.no_grad():
+        out = m(torch.randint(0, 61, (1, 10)), use_cache=True)
+    assert out.logits.dtype == torch.float64
+    assert all(s.memory.dtype == torch.complex128 for s in out.cache.layers)
+    m32 = HAMTForCausalLM(small_config(memory_mode=mode)).eval()
+    with torch.no_grad():
+        assert m32(torch.randint(0, 61, (1, 10)), use_cache=True).cache.layers[0].memory.dtype == torch.complex64
+
+
+@pytest.mark.parametrize("mode", ["auto", "chunk", "reference"])
+def test_float64_end_to_end_gradcheck(mode):
+    """Gradients of a micro model (inputs and the memory's own weights) against finite differences, float64."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    cfg = small_config(vocab_size=11, hidden_dim=8, hcm_dim=8, num_layers=2, num_slots=2, num_attention_heads=2,
+                       memory_mode=mode, chunk_size=2)
+    m = HAMTForCausalLM(cfg).double().eval()
+    names = ["blocks.0.mixer.gates.weight", "blocks.1.mixer.kqv.weight", "blocks.0.mixer.conv.weight"]
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in m.named_parameters() if n in names}
+    assert len(params) == len(names)
+    emb = torch.randn(1, 5, 8, dtype=torch.float64, requires_grad=True)
+    proj = torch.randn(11, dtype=torch.float64)
+
+    def f(emb, *ps):
+        out = functional_call(m, dict(zip(params, ps)), (), {"inputs_embeds": emb})
+        return out.logits @ proj  # (1, 5): a few outputs keep the check fast
+
+    assert torch.autograd.gradcheck(f, (emb, *params.values()), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_model_keeps_the_memory_in_complex64_and_trains():
+    torch.manual_seed(0)
+    m = HAMTForCausalLM(small_config()).to(torch.bfloat16).train()
+    x = torch.randint(0, 61, (2, 12))
+    out = m(x, labels=x, use_cache=True)
+    assert out.logits.dtype == torch.bfloat16 and out.cache.layers[0].memory.dtype == torch.complex64
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and m.blocks[0].mixer.kqv.weight.grad.abs().sum() > 0
+
+
+def test_resize_token_embeddings_keeps_the_old_rows():
+    torch.manual_seed(0)
+    m = HAMTForCausalLM(small_config()).eval()
+    x = torch.randint(0, 61, (1, 8))
+    with torch.no_grad():
+        before = m(x).logits
+    m.resize_token_embeddings(70)
+    assert m.config.vocab_size == 70 and m.lm_head.weight.shape[0] == 70
+    with torch.no_grad():
+        torch.testing.assert_close(m(x).logits[..., :61], before)
+
+
+def test_hf_trainer_trains_it(tmp_path):
+    pytest.importorskip("accelerate")
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    m = HAMTForCausalLM(small_config())
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, 61, (16,), generator=g).tolist() for _ in range(8)]
+    ds = Dataset.from_dict({"input_ids": rows, "labels": rows})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+                             report_to=[], save_strategy="no", use_cpu=True, logging_steps=1)
+    before = m.blocks[0].mixer.kqv.weight.detach().clone()
+    result = Trainer(model=m, args=args, train_dataset=ds).train()
+    assert result.global_step == 3 and torch.isfinite(torch.tensor(result.training_loss))
+    assert not torch.equal(before, m.blocks[0].mixer.kqv.weight.detach())

@@ -49,8 +49,6 @@ Any int >= 1 is valid for every path; anything else raises ValueError.
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from hamt.ops.chunk import memory_chunked
@@ -70,7 +68,7 @@ def triton_available(device: torch.device) -> bool:
     if device.type != "cuda":
         return False
     try:
-        importlib.import_module("hamt.ops.triton")
+        from hamt.ops.triton import memory_triton  # noqa: F401  (a `from` import: hamt.hub makes it relative)
     except Exception:  # ImportError without Triton; anything else Triton raises at import also means no
         return False
     return True

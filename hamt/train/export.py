@@ -3,8 +3,11 @@
 ``finish`` ends a completed run, ``interrupted`` one stopped by SIGINT/SIGTERM (checkpoint, summary,
 the resume hint); both return the summary that ``train()`` returns.
 
-    <train.out_dir>/<name>/final/              the model (Auto classes load it) + the tokens' meta.json
-                                               and tokenizer.json, so generate/compare need nothing else
+    <train.out_dir>/<name>/final/              the model (Auto classes load it; a HAMT also carries its code,
+                                               hamt.hub), the tokenizer as transformers saves it (AutoTokenizer,
+                                               pipeline, lm-eval), the tokens' meta.json and tokenizer.json (so
+                                               generate/compare need nothing else), hamt_params.yaml (the
+                                               resolved parameters) and README.md, the model card
     <train.results_dir>/<name>/metrics.json    the summary below; also written on interruption/failure
 
 The export is atomic (``hamt.io.atomic_dir``): a crash leaves the previous ``final/`` or a hidden
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from hamt.io import atomic_dir, write_json_atomic
+from hamt.io import atomic_dir, write_json_atomic, write_text_atomic
 from hamt.metrics.systems import matmul_params, mfu
 from hamt.train import state
 from hamt.train.signals import RESUME_HINT
@@ -37,7 +40,8 @@ def finish(t: Trainer, t_start: float) -> dict:
     """A completed run: export the model, write metrics.json, log the summary (rank 0); all ranks meet."""
     result = summary(t, t_start)
     if t.master:
-        final = export_final(t.raw_model, t.ckpt_dir, t.tokens_dir)
+        final = export_final(t.raw_model, t.ckpt_dir, t.tokens_dir, card=model_card(t, result),
+                             params_yaml=_params_yaml(t.params))
         result["final_dir"] = str(final)
         write_metrics(t, result)
         t.logger.summary({k: v for k, v in result.items() if not isinstance(v, (dict, list))})
@@ -61,16 +65,148 @@ def interrupted(t: Trainer, t_start: float) -> dict:
     return result
 
 
-def export_final(model, ckpt_dir: Path, tokens_dir: Path) -> Path:
-    """``save_pretrained`` into ``<ckpt_dir>/final`` atomically, with the tokens' meta and tokenizer."""
+def export_final(model, ckpt_dir: Path, tokens_dir: Path, card: str | None = None,
+                 params_yaml: str | None = None) -> Path:
+    """``save_pretrained`` into ``<ckpt_dir>/final`` atomically, with the tokenizer, the tokens' meta, the
+    resolved parameters and the model card."""
     final = ckpt_dir / "final"
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp)
-        for fname in ("meta.json", "tokenizer.json"):
+        if (tokens_dir / "tokenizer.json").is_file():
+            from hamt.tokenize import load_hf_tokenizer
+
+            tok = load_hf_tokenizer(tokens_dir)
+            # batches (pipeline(batch_size>1), lm-eval generation) pad with end-of-text on the left: the model
+            # honours attention_mask, and a causal LM continues from the right end of each row
+            tok.pad_token, tok.padding_side = tok.eos_token, "left"
+            tok.save_pretrained(tmp)  # tokenizer_config.json: eos/bos/pad for AutoTokenizer
+        for fname in ("meta.json", "tokenizer.json"):  # the tokens' own files last: meta's sha256 names this one
             src = tokens_dir / fname
             if src.is_file():
                 shutil.copy2(src, tmp / fname)
+        if params_yaml is not None:
+            write_text_atomic(tmp / PARAMS_FILE, params_yaml)
+        if card is not None:
+            write_text_atomic(tmp / "README.md", card)
     return final
+
+
+# --------------------------------------------------------------------------------------------------
+# The model card (README.md in the Hugging Face convention: YAML front matter, then markdown)
+# --------------------------------------------------------------------------------------------------
+
+PARAMS_FILE = "hamt_params.yaml"
+_TOKENIZER_KINDS = {"bpe": "byte-level BPE trained on the train split", "gpt2": "GPT-2 BPE"}
+
+
+def _params_yaml(params) -> str:
+    import yaml
+
+    return ("# The resolved parameters of this run: `hamt <stage> --params hamt_params.yaml` reruns it\n"
+            + yaml.safe_dump(params.to_dict(), sort_keys=False))
+
+
+def _model_key(t: Trainer) -> str | None:
+    """The ``--model`` this run trained: its name if that model's config is this run's (the pipeline's
+    runs are named after their model), else the model of the training plan whose config it is."""
+    from hamt.checkpoint import model_identity
+    from hamt.zoo import kind_of, model_config_for, training_plan
+
+    vocab = int(t.meta["vocab_size"])
+    for name in dict.fromkeys([t.name, *training_plan(t.params)]):
+        try:
+            kind_of(name)
+        except Exception:
+            continue
+        if model_identity(model_config_for(t.params, name, vocab)) == t.identity:
+            return name
+    return None
+
+
+def model_card(t: Trainer, result: dict) -> str:
+    """The card of this run's ``final/``: architecture, size, data, this run's numbers, how to rerun and load it."""
+    from hamt.data import corpus_description
+    from hamt.metrics.lm import LN2
+
+    cfg, meta = t.raw_model.config, t.meta
+    kind = (meta.get("tokenizer") or {}).get("kind", "unknown")
+    src = meta.get("raw_source") or {}
+    is_hamt = getattr(cfg, "model_type", "") == "hamt"
+    valid = (meta.get("splits") or {}).get("valid") or {}
+    bpt = valid.get("bytes_per_token")
+    val = result.get("val_loss")
+    bpb = val / (LN2 * bpt) if val is not None and bpt else None
+    datasets = "\n".join(["datasets:", f"- {src['repo']}"]) if src.get("kind") == "hub" and src.get("repo") else ""
+    tags = ["hamt", "holographic-memory", "recurrent", "text-generation"] + (["custom_code"] if is_hamt else [])
+    front = "\n".join(["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:",
+                       *[f"- {x}" for x in tags], *([datasets] if datasets else []),
+                       "metrics:", "- perplexity", "- bits_per_byte", "---"])
+    shape = (f"hidden {cfg.hidden_dim}, memory {cfg.hcm_dim}, {cfg.num_layers} layers, {cfg.num_slots} slots, "
+             f"{cfg.num_attention_heads} heads, conv {cfg.conv_kernel}, gating {cfg.use_gating}, "
+             f"training context {cfg.max_position_embeddings}" if is_hamt else
+             ", ".join(f"{k} {getattr(cfg, k)}" for k in ("n_embd", "n_layer", "n_head", "hidden_size",
+                                                           "num_hidden_layers") if hasattr(cfg, k)))
+    model = _model_key(t)
+    cmd = (f"hamt download --params {PARAMS_FILE} && hamt tokenize --params {PARAMS_FILE} && "
+           f"hamt train --params {PARAMS_FILE} --model {model or '<model>'}" + (f" --name {t.name}" if t.name != model else ""))
+    trust = ", trust_remote_code=True" if is_hamt else ""
+
+    def num(x, fmt):
+        return "n/a" if x is None else format(x, fmt)
+
+    lines = [
+        front, "", f"# {t.name}: {type(t.raw_model).__name__}", "",
+        "A model trained by the HAMT pipeline (Holographic Associative Memory Transformer: a language model whose "
+        "token mixer is a constant-size holographic memory instead of attention)." if is_hamt else
+        "A baseline trained by the HAMT pipeline (same tokens, same trainer, same budget as the HAMT it is compared with).",
+        "", "## Architecture", "",
+        f"- class: `{type(t.raw_model).__name__}` (model_type `{cfg.model_type}`), vocabulary {cfg.vocab_size}",
+        f"- shape: {shape}",
+        f"- parameters: {result['n_params']:,}",
+        "", "## Training data", "",
+        f"- corpus: {corpus_description(src)}",
+        f"- tokenizer: {_TOKENIZER_KINDS.get(kind, kind)}, {meta.get('vocab_size')} ids "
+        f"(`tokenizer.json`, sha256 {str(meta.get('tokenizer_sha256', ''))[:16]}...)",
+        f"- train split: {((meta.get('splits') or {}).get('train') or {}).get('tokens', 'n/a'):,} tokens; "
+        f"seen in training: {result['tokens']:,} tokens ({result['steps']} steps of {result['batch_size']} x "
+        f"{result['seq_len']}), precision {result['precision']}, device {result['device']}",
+        "", "## Evaluation (this run)", "",
+        "| metric | value |", "|---|---|",
+        f"| validation loss (nats/token) | {num(val, '.4f')} |",
+        f"| validation perplexity | {num(result.get('val_perplexity'), '.2f')} |",
+        f"| validation bits per byte (loss / (ln 2 x {num(bpt, '.3f')} bytes/token of the split)) | {num(bpb, '.4f')} |",
+        f"| best validation loss | {num(result.get('best_val_loss'), '.4f')} |",
+        f"| training throughput (tokens/s) | {num(result.get('tokens_per_s'), ',.0f')} |",
+        "", f"Validation is on {t.tp.eval_batches} fixed batches of the valid split; the held-out test numbers "
+        "of every model (same tokens, bpb, word perplexity) come from `hamt compare` (results/compare/).",
+        "", "## Reproduce", "",
+        f"From the HAMT repository, with this folder's `{PARAMS_FILE}` (the resolved parameters of this run; the "
+        "data comes from its `data` section):", "", "```bash", cmd, "```", "",
+        f"(In the pipeline: `dvc repro train@{model or t.name}`.) Weights sha256: `{result['weights_sha256']}`.",
+        "", "## Load it", "", "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
+        f"model = AutoModelForCausalLM.from_pretrained(PATH{trust})  # only torch + transformers needed"
+        if is_hamt else "model = AutoModelForCausalLM.from_pretrained(PATH)",
+        "tok = AutoTokenizer.from_pretrained(PATH)",
+    ]
+    if is_hamt:
+        lines += [
+            "# with hamt installed: `import hamt` registers the Auto classes, no trust_remote_code needed",
+            "import hamt; model = AutoModelForCausalLM.from_pretrained(PATH)",
+            "from hamt.model import HAMTForCausalLM; model = HAMTForCausalLM.from_pretrained(PATH)",
+        ]
+    lines += [
+        f"gen = pipeline(\"text-generation\", model=PATH{trust})",
+        "```", "",
+        "Command line: `hamt generate --model-dir PATH --prompt \"...\"`; lm-evaluation-harness: "
+        f"`lm_eval --model hf --model_args pretrained=PATH{',trust_remote_code=True' if is_hamt else ''} --tasks ...` "
+        "(docs/LM_EVAL.md).",
+    ]
+    if is_hamt:
+        lines += ["", "Without hamt installed, the code in this folder runs the memory in pure PyTorch on CPU (the fused C "
+                  "kernel's source is hamt's, not in the folder) and with the Triton kernel on CUDA when Triton is "
+                  "installed."]
+    return "\n".join(lines) + "\n"
 
 
 def write_metrics(t: Trainer, summary: dict) -> None:
