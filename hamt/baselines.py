@@ -100,6 +100,8 @@ def matched_config(arch: str, config: HAMTConfig, n_positions: int | None = None
     widths = sorted({max(32, config.hidden_dim + 32 * i) for i in range(-8, 9)}, key=lambda w: abs(w - config.hidden_dim))
     best = None
     for width in widths:
+        if best is not None and not best[0][0] and abs(width - config.hidden_dim) > best[0][1]:
+            break  # widths come nearest first: none further away can beat a match within 2%
         one = param_count(family(config, width, 1, n_positions))
         per_layer = param_count(family(config, width, 2, n_positions)) - one
         for depth in range(1, 49):

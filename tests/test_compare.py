@@ -60,11 +60,11 @@ def with_tokens(tokens: Path, tmp_path: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def trained(tokens) -> Path:
-    """hamt, gpt2-scratch and ablation-aux-on trained by ``hamt.train`` for 2 steps (shared, read-only)."""
+    """hamt, the from-scratch baselines and ablation-aux-on trained by ``hamt.train`` for 2 steps (shared, read-only)."""
     from hamt.train import train
 
     params = use_trained(with_tokens(tokens, tokens), tokens)
-    for name in ("hamt", "gpt2-scratch", "ablation-aux-on"):
+    for name in ("hamt", "gpt2-scratch", "llama-scratch", "mamba-scratch", "ablation-aux-on"):
         train(params, model=name)
     return tokens
 
@@ -137,6 +137,26 @@ def test_bpb_and_word_ppl_of_a_slice_count_the_bytes_and_words_of_its_decoded_te
         nll = row["loss"] * row["eval_tokens"]
         assert row["bpb"] == pytest.approx(nll / (math.log(2) * n_bytes), rel=1e-12)
         assert row["word_ppl"] == pytest.approx(math.exp(nll / n_words), rel=1e-12)
+
+
+def test_llama_and_mamba_are_trained_by_the_same_trainer_and_get_full_rows(tokens, trained, tmp_path):
+    params = use_trained(with_tokens(tokens, tmp_path), trained)
+    hamt_row = cmp.run_baseline(params, "hamt")
+    rows = {}
+    for name, cls in (("llama-scratch", "LlamaForCausalLM"), ("mamba-scratch", "Mamba2ForCausalLM")):
+        cfg = json.loads((Path(params.train.out_dir) / name / "final" / "config.json").read_text())
+        assert cfg["architectures"] == [cls]
+        summary = json.loads((Path(params.train.results_dir) / name / "metrics.json").read_text())
+        assert summary["steps"] == 2 and summary["tokens"] == hamt_row["tokens_seen"]  # same budget as HAMT
+        row = cmp.run_baseline(params, name)
+        assert row["status"] == "ok", row["reason"]
+        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("ppl", "bpb", "word_ppl", "train_tok_s", "decode_tok_s"))
+        assert row["eval_bytes"] == hamt_row["eval_bytes"] and row["eval_tokens"] == hamt_row["eval_tokens"]
+        rows[name] = row
+    # Mamba-2 decodes from a constant state, like HAMT; Llama's KV cache grows with the context
+    state = {n: [d["state_bytes"] for d in r["decode"] if d["status"] == "ok"] for n, r in rows.items()}
+    assert len(state["mamba-scratch"]) >= 2 and len(set(state["mamba-scratch"])) == 1
+    assert state["llama-scratch"] == sorted(state["llama-scratch"]) and len(set(state["llama-scratch"])) >= 2
 
 
 def test_the_whole_split_scores_exactly_the_bytes_and_words_of_the_raw_file(tokens, tmp_path):
