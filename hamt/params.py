@@ -289,10 +289,10 @@ class CompareParams:
     """Which models are compared and how they are evaluated (stage ``compare``)."""
 
     # the models trained for the comparison, hamt.zoo names: hamt, each from-scratch baseline (gpt2-scratch,
-    # gpt2-scratch-2x), each ablation (ablation-<switch>, switch: gating-on|off, aux-on|off, conv-off|conv-K,
-    # slots-N). dvc.yaml's train stage is a foreach over this list (hamt.zoo.training_plan), so no profile may change it
-    trained: list[str] = field(default_factory=lambda: ["hamt", "gpt2-scratch", "gpt2-scratch-2x", "ablation-gating-off",
-                                                       "ablation-aux-on", "ablation-slots-1"])
+    # gpt2-scratch-2x, llama-scratch, mamba-scratch), each ablation (ablation-<switch>, switch: gating-on|off, aux-on|off,
+    # conv-off|conv-K, slots-N). dvc.yaml's train stage is a foreach over this list (hamt.zoo.training_plan), so no profile may change it
+    trained: list[str] = field(default_factory=lambda: ["hamt", "gpt2-scratch", "gpt2-scratch-2x", "llama-scratch",
+                                                       "mamba-scratch", "ablation-aux-on"])
     # models evaluated beside the trained ones, never trained here (pretrained, zero-shot)
     baselines: list[str] = field(default_factory=lambda: ["gpt2", "distilgpt2", "EleutherAI/pythia-70m",
                                                          "EleutherAI/pythia-160m"])
@@ -304,7 +304,7 @@ class CompareParams:
     eval_context: int = 128
     # stride of the sliding window (<= eval_context)
     eval_stride: int = 64
-    # cap on evaluated tokens (0 = whole split); byte/word counts are then scaled to the evaluated fraction
+    # cap on evaluated tokens (0 = whole split); bpb and word ppl count the bytes and words of the scored slice
     eval_max_tokens: int = 0
     # windows per forward pass during evaluation
     eval_batch_size: int = 8

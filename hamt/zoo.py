@@ -4,8 +4,10 @@ Four kinds of name:
 
 - ``hamt``: HAMT as ``params.model`` describes it;
 - ``scratch``: a baseline architecture from transformers, trained from scratch by the same trainer on
-  the same tokens and budget, parameter-matched to HAMT (``hamt.baselines``): ``gpt2-scratch`` with
-  HAMT's count, ``gpt2-scratch-2x`` with twice it;
+  the same tokens and budget, parameter-matched to HAMT by the one matcher ``hamt.baselines.matched_config``
+  (within 5%): ``gpt2-scratch`` with HAMT's count, ``gpt2-scratch-2x`` with twice it, ``llama-scratch``
+  (Transformer++: RoPE, SwiGLU, RMSNorm, no biases) and ``mamba-scratch`` (Mamba-2, constant-state
+  decoding like HAMT) with HAMT's count;
 - ``ablation``: ``ablation-<switch>``, HAMT with one switch flipped (``ablation_overrides``);
 - ``pretrained``: published checkpoints evaluated zero-shot (never trained here).
 
@@ -31,6 +33,10 @@ REGISTRY: dict[str, dict[str, Any]] = {
                      "what": "GPT-2 architecture, parameter-matched, same tokens and budget"},
     "gpt2-scratch-2x": {"kind": "scratch", "arch": "gpt2", "scale": 2.0,
                         "what": "GPT-2 architecture, 2x HAMT's parameters, same tokens and budget"},
+    "llama-scratch": {"kind": "scratch", "arch": "llama", "scale": 1.0,
+                      "what": "Llama (Transformer++: RoPE, SwiGLU, RMSNorm), parameter-matched, same tokens and budget"},
+    "mamba-scratch": {"kind": "scratch", "arch": "mamba2", "scale": 1.0,
+                      "what": "Mamba-2 (selective state space), parameter-matched, same tokens and budget"},
     "gpt2": {"kind": "pretrained", "hub": "gpt2", "tokenizer": "tokens", "what": "OpenAI GPT-2 124M, zero-shot"},
     "distilgpt2": {"kind": "pretrained", "hub": "distilgpt2", "tokenizer": "tokens", "what": "DistilGPT-2 82M, zero-shot"},
     "EleutherAI/pythia-70m": {"kind": "pretrained", "hub": "EleutherAI/pythia-70m", "tokenizer": "own",
@@ -103,14 +109,14 @@ def model_config_for(params, name: str, vocab_size: int):
     elif kind == "ablation":
         cfg = params.model_config(vocab_size=vocab_size, **ablation_overrides(name[len(ABLATION_PREFIX):]))
     elif kind == "scratch":
-        from hamt.baselines import matched_gpt2_config
+        from hamt.baselines import matched_config
         from hamt.model import count_parameters
 
         hamt_cfg = params.model_config(vocab_size=vocab_size)
         n_pos = max(params.train.seq_len, hamt_cfg.max_position_embeddings)
-        scale = REGISTRY[name]["scale"]
-        target = None if scale == 1.0 else int(scale * count_parameters(hamt_cfg))
-        cfg = matched_gpt2_config(hamt_cfg, n_positions=n_pos, target=target)
+        spec = REGISTRY[name]
+        target = None if spec["scale"] == 1.0 else int(spec["scale"] * count_parameters(hamt_cfg))
+        cfg = matched_config(spec["arch"], hamt_cfg, n_positions=n_pos, target=target)
     else:
         raise ConfigError(f"'{name}' is a pretrained model: it is evaluated, never trained here")
     check_vocab({"vocab_size": vocab_size}, cfg.vocab_size)
@@ -118,7 +124,7 @@ def model_config_for(params, name: str, vocab_size: int):
 
 
 def build_model(config):
-    """HAMTForCausalLM for a HAMTConfig, GPT2LMHeadModel for a GPT2Config (any other: AutoModelForCausalLM)."""
+    """The causal LM of a config: HAMTForCausalLM, GPT2LMHeadModel, LlamaForCausalLM, Mamba2ForCausalLM (Auto classes)."""
     import hamt.model  # noqa: F401  registers model_type "hamt" with the Auto classes
     from transformers import AutoModelForCausalLM
 

@@ -60,11 +60,11 @@ def with_tokens(tokens: Path, tmp_path: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def trained(tokens) -> Path:
-    """hamt, gpt2-scratch and ablation-aux-on trained by ``hamt.train`` for 2 steps (shared, read-only)."""
+    """hamt, the from-scratch baselines and ablation-aux-on trained by ``hamt.train`` for 2 steps (shared, read-only)."""
     from hamt.train import train
 
     params = use_trained(with_tokens(tokens, tokens), tokens)
-    for name in ("hamt", "gpt2-scratch", "ablation-aux-on"):
+    for name in ("hamt", "gpt2-scratch", "llama-scratch", "mamba-scratch", "ablation-aux-on"):
         train(params, model=name)
     return tokens
 
@@ -92,7 +92,7 @@ def test_compare_writes_one_row_per_model_and_skips_with_reasons(tokens, trained
         r = rows[name]
         assert r["status"] == "ok", r["reason"]
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("ppl", "bpb", "word_ppl", "train_tok_s", "infer_tok_s"))
-        assert r["eval_tokens"] == 299 and "scaled" in r["counts_note"]
+        assert r["eval_tokens"] == 299 and r["counts_note"].startswith("exact")
         assert r["decode_tok_s"] > 0 and r["state_bytes"] > 0 and 0.0 <= r["recall_acc"] <= 1.0
     assert rows["hamt"]["fidelity"] is not None and rows["hamt"]["slot_active_fraction"] is not None
     assert rows["hamt"]["sample"]["status"] == "ok" and rows["hamt"]["sample"]["text"].startswith("The")
@@ -114,6 +114,58 @@ def test_compare_writes_one_row_per_model_and_skips_with_reasons(tokens, trained
     saved = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in saved["rows"]] == list(rows) and saved["env"]["device"] == "cpu"
     assert json.loads((out / "speed.json").read_text())["status"] == "ok"
+
+
+def test_bpb_and_word_ppl_of_a_slice_count_the_bytes_and_words_of_its_decoded_text(tokens, trained, tmp_path):
+    """By hand: decode the evaluated slice's scored ids (all but the first), count its UTF-8 bytes and words."""
+    import numpy as np
+
+    from hamt.data import load_split, read_meta
+    from hamt.tokenize import load_tokenizer
+
+    params = use_trained(with_tokens(tokens, tmp_path), trained)
+    n = params.compare.eval_max_tokens
+    meta = read_meta(tokens / "tokens")
+    ids = np.asarray(load_split(tokens / "tokens", params.compare.eval_split, meta)[:n]).tolist()
+    assert n < meta["splits"][params.compare.eval_split]["tokens"]  # a slice, not the whole split
+    text = load_tokenizer(tokens / "tokens").decode(ids[1:], skip_special_tokens=True)
+    n_bytes, n_words = len(text.encode("utf-8")), len(text.split())
+    for name in ("hamt", "gpt2-scratch"):
+        row = cmp.run_baseline(params, name)
+        assert row["status"] == "ok", row["reason"]
+        assert (row["eval_bytes"], row["eval_words"], row["eval_tokens"]) == (n_bytes, n_words, n - 1)
+        nll = row["loss"] * row["eval_tokens"]
+        assert row["bpb"] == pytest.approx(nll / (math.log(2) * n_bytes), rel=1e-12)
+        assert row["word_ppl"] == pytest.approx(math.exp(nll / n_words), rel=1e-12)
+
+
+def test_llama_and_mamba_are_trained_by_the_same_trainer_and_get_full_rows(tokens, trained, tmp_path):
+    params = use_trained(with_tokens(tokens, tmp_path), trained)
+    hamt_row = cmp.run_baseline(params, "hamt")
+    rows = {}
+    for name, cls in (("llama-scratch", "LlamaForCausalLM"), ("mamba-scratch", "Mamba2ForCausalLM")):
+        cfg = json.loads((Path(params.train.out_dir) / name / "final" / "config.json").read_text())
+        assert cfg["architectures"] == [cls]
+        summary = json.loads((Path(params.train.results_dir) / name / "metrics.json").read_text())
+        assert summary["steps"] == 2 and summary["tokens"] == hamt_row["tokens_seen"]  # same budget as HAMT
+        row = cmp.run_baseline(params, name)
+        assert row["status"] == "ok", row["reason"]
+        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("ppl", "bpb", "word_ppl", "train_tok_s", "decode_tok_s"))
+        assert row["eval_bytes"] == hamt_row["eval_bytes"] and row["eval_tokens"] == hamt_row["eval_tokens"]
+        rows[name] = row
+    # Mamba-2 decodes from a constant state, like HAMT; Llama's KV cache grows with the context
+    state = {n: [d["state_bytes"] for d in r["decode"] if d["status"] == "ok"] for n, r in rows.items()}
+    assert len(state["mamba-scratch"]) >= 2 and len(set(state["mamba-scratch"])) == 1
+    assert state["llama-scratch"] == sorted(state["llama-scratch"]) and len(set(state["llama-scratch"])) >= 2
+
+
+def test_the_whole_split_scores_exactly_the_bytes_and_words_of_the_raw_file(tokens, tmp_path):
+    """Over a whole split the decoded scored text is the raw file (separators add nothing): meta.json's counts."""
+    params = with_tokens(tokens, tmp_path, "compare.eval_max_tokens=0", "compare.eval_split=train")  # many documents
+    ctx = cmp.EvalContext(params)
+    split = ctx.meta["splits"][params.compare.eval_split]
+    assert len(ctx.ids) == split["tokens"] and split["documents"] >= 2  # separators inside the split
+    assert (ctx.counts["bytes"], ctx.counts["words"]) == (split["bytes"], split["words"])
 
 
 def test_pretrained_offline_and_from_a_local_folder(tokens, tmp_path, monkeypatch):
@@ -148,7 +200,7 @@ def test_own_tokenizer_models_are_re_tokenized(tokens, tmp_path, monkeypatch):
     assert row["tokenizer"].startswith("own")
     # same tokenizer here, so re-tokenizing the decoded text gives (about) the same number of targets
     assert abs(row["eval_tokens"] - 299) <= 5
-    assert row["bpb"] > 0 and "scaled" in row["counts_note"]
+    assert row["bpb"] > 0 and row["counts_note"].startswith("exact")
 
 
 def test_missing_hamt_is_a_skipped_row_and_a_failing_cli(tokens, tmp_path, capsys):

@@ -55,8 +55,9 @@ class EvalContext:
     def __init__(self, params):
         import numpy as np
 
-        from hamt.metrics.lm import eval_counts
+        from hamt.metrics.lm import scored_counts
         from hamt.runtime import resolve_device
+        from hamt.tokenize import load_tokenizer
         from hamt.tokens import load_split, read_meta
 
         cp = params.compare
@@ -71,7 +72,7 @@ class EvalContext:
             raise DataError(f"the {split} split has {n_total} tokens; compare needs at least 2")
         self.ids = np.asarray(ids[:n], dtype=np.int64)
         self.split = split
-        self.counts = eval_counts(self.meta["splits"][split], n)
+        self.counts = scored_counts(load_tokenizer(self.tokens_dir), self.ids)  # bytes/words of the text scored
         self.device = resolve_device(params.train.device)
         self.tokenizer_kind = (self.meta.get("tokenizer") or {}).get("kind")
         self.vocab_size = int(self.meta["vocab_size"])
@@ -210,7 +211,8 @@ def _evaluate_into(row: dict, model, ids, ctx: EvalContext, progress: bool, voca
                        n_words=ctx.counts["words"], batch_size=cp.eval_batch_size, device=ctx.device,
                        progress=progress, desc=f"eval {row['name']}")
     row.update(loss=m["loss"], ppl=m["ppl"], bpb=m["bpb"], word_ppl=m["word_ppl"], eval_tokens=m["tokens"],
-               eval_split=ctx.split, counts_note=ctx.counts["counts_note"], eval_context=context, eval_stride=stride)
+               eval_split=ctx.split, counts_note=ctx.counts["counts_note"], eval_context=context, eval_stride=stride,
+               eval_bytes=ctx.counts["bytes"], eval_words=ctx.counts["words"])
     row.update(memory.memory_diagnostics(model, ids_t, context=context, device=ctx.device))
     if memory.is_hamt(model):
         row["hamt_switches"] = {k: getattr(model.config, k) for k in

@@ -4,6 +4,10 @@
 - bits per byte     ``NLL / (ln 2 * bytes)``    bytes = UTF-8 bytes of the evaluated text: tokenizer-independent;
 - word perplexity   ``exp(NLL / words)``        words = whitespace-separated words (the WikiText convention).
 
+The bytes and words are those of the text actually scored (``scored_counts``: the scored ids decoded),
+never a split's counts scaled by a token fraction; document separators are scored with 0 bytes and 0
+words (``scored_text``).
+
 ``sliding_window_nll`` scores every target token of a stream exactly once, in fixed windows of
 ``context`` tokens moved by ``stride``: each window scores only the targets not scored before, so a
 scored token sees at least ``context - stride`` tokens of left context (all of them near the start).
@@ -46,25 +50,60 @@ def text_counts(text: str) -> dict:
     return {"bytes": len(text.encode("utf-8")), "words": len(text.split())}
 
 
-def eval_counts(split_meta: dict, n_eval: int) -> dict:
-    """Bytes and words of the evaluated part of a split, from its meta.json entry.
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet back to bytes: the printable stand-in character of each of the 256 bytes."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
 
-    When only the first ``n_eval`` of the split's ``tokens`` are evaluated (``eval_max_tokens``), the
-    counts are scaled by that fraction, which assumes bytes per token are uniform along the split;
-    ``counts_note`` says so, and the report prints it.
+
+def token_bytes(tokenizer) -> list[bytes] | None:
+    """The UTF-8 bytes each id of a byte-level BPE (``tokenizers.Tokenizer``) stands for; special tokens: b"".
+
+    None when the tokenizer is not byte-level (then the text must be decoded as a whole).
     """
-    total = int(split_meta.get("tokens") or split_meta.get("num_tokens") or 0)
-    n_bytes = split_meta.get("bytes")
-    n_words = split_meta.get("words")
-    out = {"bytes": n_bytes, "words": n_words, "counts_note": "exact (whole split)"}
-    if n_bytes is None or n_words is None:
-        out["counts_note"] = "meta.json has no byte/word counts: bpb and word perplexity not computed"
-        return out
-    if total and n_eval < total:
-        frac = n_eval / total
-        out.update(bytes=n_bytes * frac, words=n_words * frac,
-                   counts_note=f"scaled to the evaluated {n_eval:,} of {total:,} tokens ({frac:.1%})")
-    return out
+    import json
+
+    if (json.loads(tokenizer.to_str()).get("decoder") or {}).get("type") != "ByteLevel":
+        return None
+    dec = _byte_decoder()
+    special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    table = []
+    for i in range(tokenizer.get_vocab_size(with_added_tokens=True)):
+        tok = tokenizer.id_to_token(i)
+        table.append(b"" if tok is None or i in special else bytes(dec[c] for c in tok))
+    return table
+
+
+def scored_text(tokenizer, ids: Sequence[int]) -> bytes:
+    """The UTF-8 bytes of the text a sliding-window evaluation of ``ids`` scores: ``ids[1:]`` decoded.
+
+    Every token but the first is a target (``windows``); the first is context only. Document
+    separators (the end-of-text id before each document, ``hamt.tokenize``) are targets too — their
+    NLL counts, the model is charged for predicting where a document starts — but they stand for no
+    text, so they add no bytes and no words (as in the raw file, which holds no separators: over a
+    whole split these bytes are exactly the file's). A slice may start or end inside a multi-byte
+    character; its bytes are counted exactly from the byte-level tokens all the same.
+    """
+    targets = [int(i) for i in ids[1:]]
+    table = token_bytes(tokenizer)
+    if table is not None:
+        return b"".join(table[i] for i in targets)
+    return tokenizer.decode(targets, skip_special_tokens=True).encode("utf-8")
+
+
+def scored_counts(tokenizer, ids: Sequence[int]) -> dict:
+    """Bytes and words of the text scored on ``ids`` (``scored_text``): the denominators of bpb and word ppl."""
+    raw = scored_text(tokenizer, ids)
+    words = len(raw.decode("utf-8", errors="replace").split())
+    return {"bytes": len(raw), "words": words,
+            "counts_note": f"exact: bytes and words of the {max(len(ids) - 1, 0):,} scored tokens decoded "
+                           f"(document separators scored, 0 bytes)"}
 
 
 # --------------------------------------------------------------------------------------------------

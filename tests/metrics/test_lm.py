@@ -44,14 +44,51 @@ def test_text_counts_are_utf8_bytes_and_whitespace_words():
     assert lm.text_counts(" héllo  wörld \n x") == {"bytes": len(" héllo  wörld \n x".encode()), "words": 3}
 
 
-def test_eval_counts_scale_with_the_evaluated_fraction():
-    meta = {"tokens": 1000, "bytes": 4000, "words": 800}
-    full = lm.eval_counts(meta, 1000)
-    assert (full["bytes"], full["words"]) == (4000, 800) and "exact" in full["counts_note"]
-    part = lm.eval_counts(meta, 250)
-    assert part["bytes"] == pytest.approx(1000) and part["words"] == pytest.approx(200)
-    assert "scaled" in part["counts_note"] and "250" in part["counts_note"]
-    assert lm.eval_counts({"tokens": 10}, 10)["bytes"] is None
+def _bpe(text: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+
+
+TEXT = " = Über = \n naïve café 東京 — “quotes” and 😀 emoji .\n = Zwei = \n second document , ascii only .\n"
+
+
+def test_scored_text_is_the_text_of_every_token_but_the_first_separators_adding_nothing():
+    tok = _bpe(TEXT)
+    eot = tok.token_to_id("<|endoftext|>")
+    first, second = TEXT.split(" = Zwei")
+    second = " = Zwei" + second
+    ids = [eot] + tok.encode(first).ids + [eot] + tok.encode(second).ids  # as hamt.tokenize lays out documents
+    assert lm.scored_text(tok, ids) == TEXT.encode("utf-8")  # the raw text exactly: the separators add no bytes
+    c = lm.scored_counts(tok, ids)
+    assert (c["bytes"], c["words"]) == (len(TEXT.encode("utf-8")), len(TEXT.split())) and c["counts_note"].startswith("exact")
+    # the first token is context only: a slice starting at a word scores the text after that token
+    assert lm.scored_text(tok, ids[1:]) == TEXT.encode("utf-8")[len(tok.decode([ids[1]]).encode("utf-8")):]
+
+
+def test_slices_count_exact_bytes_even_inside_a_multibyte_character():
+    """Consecutive evaluated slices (each scoring all but its first token) add up to the whole text's bytes."""
+    tok = _bpe(TEXT)
+    ids = [tok.token_to_id("<|endoftext|>")] + tok.encode(TEXT).ids
+    table = lm.token_bytes(tok)
+    assert any(b and (b[0] & 0xC0) == 0x80 for b in table)  # some tokens start inside a character (a real test)
+    for cut in range(2, len(ids) - 1):
+        # a slice ids[a:b] scores ids[a+1:b]; slices [0, cut) and [cut - 1, n) score every target once
+        assert lm.scored_text(tok, ids[:cut]) + lm.scored_text(tok, ids[cut - 1:]) == TEXT.encode("utf-8")
+
+
+def test_a_non_byte_level_tokenizer_is_decoded_as_a_whole():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert lm.token_bytes(tok) is None
+    assert lm.scored_counts(tok, [1, 2, 1, 2])["words"] == 3
 
 
 # ---- sliding windows ----------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""``hamt.zoo`` and ``hamt.baselines``: every profile's compare plan resolves to models the zoo builds, matched by one matcher."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ROOT
+from hamt import zoo
+from hamt.baselines import FAMILIES, matched_config, param_count
+from hamt.params import load_params, read_yaml
+
+PROFILES = sorted(read_yaml(ROOT / "params.yaml")["profiles"])
+GPU_PROFILES = ("50m", "100m", "200m")
+
+
+def _vocab(params) -> int:
+    return 50257 if params.tokenizer.kind == "gpt2" else params.tokenizer.vocab_size
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_resolves_its_dataset_and_a_compare_plan_the_zoo_builds(profile):
+    from hamt.model import count_parameters
+
+    params = load_params(ROOT / "params.yaml", profile, [])
+    want = "wikitext-103-raw-v1" if profile in GPU_PROFILES else "wikitext-2-raw-v1"
+    assert params.data.dataset == want
+    assert {"llama-scratch", "mamba-scratch", "gpt2-scratch"} <= set(zoo.training_plan(params))
+    for name in zoo.evaluation_plan(params):
+        assert zoo.kind_of(name) in ("hamt", "scratch", "ablation", "pretrained")
+    vocab = _vocab(params)
+    n_hamt = count_parameters(params.model_config(vocab_size=vocab))
+    for name in zoo.training_plan(params):
+        cfg = zoo.model_config_for(params, name, vocab)
+        n = param_count(cfg)
+        assert cfg.vocab_size == vocab
+        if zoo.kind_of(name) == "scratch" and profile != "micro":  # micro is no preset: too small to match within 5%
+            target = zoo.REGISTRY[name]["scale"] * n_hamt
+            assert abs(n - target) / target <= 0.05, (profile, name, n, target)
+
+
+def test_the_baseline_families_are_the_architectures_they_name():
+    from hamt.config import HAMTConfig
+
+    hamt_cfg = HAMTConfig.from_preset("tiny")
+    llama = matched_config("llama", hamt_cfg, n_positions=128)
+    assert llama.model_type == "llama" and not llama.attention_bias and not llama.mlp_bias
+    assert llama.hidden_act == "silu" and llama.intermediate_size % 32 == 0  # SwiGLU
+    mamba = matched_config("mamba2", hamt_cfg, n_positions=128)
+    assert mamba.model_type == "mamba2" and mamba.num_heads * mamba.head_dim == mamba.expand * mamba.hidden_size
+    assert mamba.chunk_size == 128 and mamba.n_groups == 1
+    gpt2 = matched_config("gpt2", hamt_cfg, n_positions=128)
+    assert (gpt2.n_embd, gpt2.n_layer) == (96, 7)  # the same GPT-2 the former GPT-2-only matcher chose
+
+
+@pytest.mark.parametrize("arch", sorted(FAMILIES))
+def test_the_meta_count_is_the_built_models_count(arch):
+    from transformers import AutoModelForCausalLM
+
+    from hamt.config import HAMTConfig
+
+    hamt_cfg = HAMTConfig.from_preset("tiny", vocab_size=300, hidden_dim=64, hcm_dim=128, num_attention_heads=2)
+    for tied in (False, True):
+        hamt_cfg.tie_word_embeddings = tied
+        cfg = FAMILIES[arch](hamt_cfg, 64, 2, 32)
+        model = AutoModelForCausalLM.from_config(cfg)
+        assert param_count(cfg) == sum(p.numel() for p in model.parameters())
