@@ -7,9 +7,10 @@
   ``default_user()`` (called before metaflow is imported) sets ``METAFLOW_USER=hamt`` then, so a first
   run needs no environment variable. A name the user set, there or in Metaflow's config file, wins.
 - **Arguments checked before any task.** For ``run``, ``check_run_arguments`` resolves the parameter
-  file with ``--profile`` / ``--overrides`` (the run's profile and both training profiles, model
+  file with ``--profile`` / ``--overrides`` (the run's profile and both training profiles, the model
   section included) as the ``start`` step would; a bad key or value ends the command in one line,
-  ``hamt flow: error: ...``, exit status 2, before Metaflow prints anything.
+  ``hamt flow: error: ...``, exit status 2, before Metaflow prints anything (the model section only when
+  the command line touches it: building its config imports torch).
 - **User errors in a step.** Every step is wrapped by ``user_errors``: a ``hamt.errors.HAMTError``
   (no data, bad parameters, missing checkpoint) or a ``PipelineStopped`` ends the task with its one-line
   message as the task's last output line and no traceback, and the task is not retried (exit status
@@ -122,9 +123,13 @@ def check_run_arguments(argv: list[str]) -> None:
         raise ConfigError(f"cannot read the parameter file {path}: {str(e).splitlines()[0]}") from None
     overrides = orc.parse_overrides(args["overrides"])
     params = orc.resolve(raw, args["profile"], overrides)
-    for profile in (params.fallback.primary_profile, params.fallback.fallback_profile):
-        orc.resolve(raw, args["profile"], overrides, profile).model_config()
-    params.model_config()
+    trained = [orc.resolve(raw, args["profile"], overrides, p)
+               for p in (params.fallback.primary_profile, params.fallback.fallback_profile)]
+    # The model section is checked by building its config, which imports transformers and torch (seconds):
+    # only when this command line can have broken it (params.yaml's own profiles are checked by the tests).
+    if args["config"] or any(o.split("=", 1)[0].strip().startswith("model.") for o in overrides):
+        for p in [params, *trained]:
+            p.model_config()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,13 +9,10 @@ config (``hamt.zoo.model_config_for``), same training recipe (the train section 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hamt.errors import CheckpointError
 from hamt.zoo import model_config_for
-
-if TYPE_CHECKING:
-    from hamt.compare.evaluate import EvalContext
 
 
 # Train keys that say how or where a run executes, not what it learns: a model trained with other values of
@@ -27,7 +24,7 @@ RUNTIME_TRAIN_KEYS = frozenset({
 })
 
 
-def trained_as_asked(params, name: str, ctx: EvalContext) -> dict:
+def trained_as_asked(params, name: str, ctx) -> dict:  # ctx: hamt.compare.evaluate.EvalContext (not imported: a cycle)
     """Whether ``<train.out_dir>/<name>`` holds the model the current parameters describe.
 
     Read from its newest training checkpoint (``hamt.checkpoint``: the resolved params and the model
