@@ -45,7 +45,7 @@ _RUN_LINE = "# run "
 
 # Config keys that say nothing about the weights' shapes or meaning (library versions, runtime flags).
 _VOLATILE_CONFIG_KEYS = {
-    "transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype", "use_cache",
+    "transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype", "use_cache",
     "output_attentions", "output_hidden_states", "return_dict", "_attn_implementation_autoset",
     "_attn_implementation", "attn_implementation", "memory_mode", "chunk_size", "id2label", "label2id",
 }

@@ -137,6 +137,7 @@ class HAMTConfig(PreTrainedConfig):
         need(self.conv_kernel >= 0, f"model.conv_kernel: must be >= 0 (0 disables), got {self.conv_kernel}")
         need(self.mlp_ratio > 0, f"model.mlp_ratio: must be > 0, got {self.mlp_ratio}")
         need(self.norm_eps > 0, f"model.norm_eps: must be > 0, got {self.norm_eps}")
+        need(self.initializer_range > 0, f"model.initializer_range: must be > 0, got {self.initializer_range}")
 
     # ---- construction from params.yaml ---------------------------------------------------------
     @classmethod

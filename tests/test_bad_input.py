@@ -177,6 +177,7 @@ CASES = [
     ("hcm-not-divisible", "train", [SET, "model.hcm_dim=66", SET, "model.num_attention_heads=4"], "divisible"),
     ("norm-eps-inf", "train", [SET, "model.norm_eps=.inf"], "model.norm_eps"),
     ("initializer-range-nan", "train", [SET, "model.initializer_range=.nan"], "model.initializer_range"),
+    ("initializer-range-negative", "train", [SET, "model.initializer_range=-1"], "model.initializer_range"),
     ("mlp-ratio-inf", "train", [SET, "model.mlp_ratio=.inf"], "model.mlp_ratio"),
     ("dropout-above-one", "train", [SET, "model.dropout=1.5"], "dropout"),
     ("seq-longer-than-data", "train", [SET, "train.seq_len=10000000", SET, "model.max_position_embeddings=10000000"], "longer than"),

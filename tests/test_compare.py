@@ -120,7 +120,7 @@ def test_bpb_and_word_ppl_of_a_slice_count_the_bytes_and_words_of_its_decoded_te
     """By hand: decode the evaluated slice's scored ids (all but the first), count its UTF-8 bytes and words."""
     import numpy as np
 
-    from hamt.data import load_split, read_meta
+    from hamt.tokens import load_split, read_meta
     from hamt.tokenize import load_tokenizer
 
     params = use_trained(with_tokens(tokens, tmp_path), trained)

@@ -23,7 +23,7 @@ PROMPT = [3, 17, 5, 9, 11, 2]
 def saved(tmp_path_factory):
     """A micro HAMT with its tokenizer, saved as the trainer saves it; and its logits on PROMPT."""
     from hamt.config import HAMTConfig
-    from hamt.data import read_meta
+    from hamt.tokens import read_meta
     from hamt.model import HAMTForCausalLM
     from hamt.tokenize import load_hf_tokenizer
 

@@ -41,7 +41,7 @@ metadata:
 def checkpoint(tmp_path_factory):
     """A micro HAMT folder as the pipeline writes it (model + code + tokenizer), and one document of text."""
     from hamt.config import HAMTConfig
-    from hamt.data import read_meta
+    from hamt.tokens import read_meta
     from hamt.model import HAMTForCausalLM
     from hamt.tokenize import load_hf_tokenizer
 

@@ -253,6 +253,8 @@ def summary(t: Trainer, t_start: float, interrupted: bool = False) -> dict:
         "failed": None,
         "wandb_run_dir": getattr(t.logger, "run_dir", None),
         "model_config": t.identity,
+        "run_id": t.run_info["run_id"],
+        "config_hash": t.run_info["config_hash"],
     }
 
 
