@@ -9,6 +9,7 @@ seeded for reproducibility.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -48,12 +49,18 @@ def load_model(model_dir: str | Path, device: str = "cpu"):
 
     from hamt.runtime import resolve_device
 
+    from safetensors import SafetensorError
+
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise CheckpointError(f"no saved model in {model_dir} (config.json missing); run `hamt train` first or pass --model-dir")
+    if not list(model_dir.glob("model*.safetensors")):
+        pickles = sorted(p.name for p in model_dir.glob("*.bin"))
+        found = f"found only {', '.join(pickles)} (pickles are never loaded)" if pickles else "no model.safetensors"
+        raise CheckpointError(f"cannot load the model in {model_dir}: {found}; save it with save_pretrained (safetensors)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-    except (OSError, ValueError) as e:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True)
+    except (OSError, ValueError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load the model in {model_dir} ({first})") from e
     return model.to(resolve_device(device)).eval()
@@ -81,8 +88,13 @@ def generate_text(
 
     if max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0 or top_k < 0:
-        raise ConfigError("--temperature and --top-k must be >= 0 (0 = greedy / no top-k cut)")
+    if not math.isfinite(temperature) or temperature < 0 or top_k < 0:
+        raise ConfigError(f"--temperature and --top-k must be finite and >= 0 (0 = greedy / no top-k cut), "
+                          f"got {temperature} and {top_k}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        raise DataError(f"--prompt is not valid UTF-8 text (byte {e.start}); pass it in UTF-8") from e
     tokens_dir = Path(tokens_dir) if tokens_dir is not None else Path(model_dir)
     tok = load_tokenizer(tokens_dir)
     model = load_model(model_dir, device)

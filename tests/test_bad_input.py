@@ -155,6 +155,30 @@ def _no_sidecar(wd: Path) -> str:
     return f"train.out_dir={d}"
 
 
+def _final_copy(name: str, change):
+    """``--model-dir`` of a copy of the trained final/ folder, broken by ``change(folder)``."""
+    def make(wd: Path) -> str:
+        d = wd / "cases" / name
+        if not d.exists():
+            shutil.copytree(wd / "checkpoints" / "hamt" / "final", d)
+            change(d)
+        return str(d)
+    return make
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _weights_as_pickle(d: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")
+    (d / "model.safetensors").unlink()
+
+
 NOPROFILE = "<no --profile>"  # the case's params file chooses its profile itself
 SET = "--set"
 
@@ -222,6 +246,14 @@ CASES = [
     ("name-parent", "train", ["--name", "../../escape"], "plain folder name"),
     ("name-separator", "train", ["--name", "a/b"], "plain folder name"),
     ("name-hidden", "train", ["--name", ".hamt"], "plain folder name"),
+    # generation from a saved model
+    ("generate-temperature-nan", "generate", ["--prompt", "the", "--temperature", "nan"], "--temperature"),
+    ("generate-prompt-not-utf8", "generate", ["--prompt", "caf\udce9"], "UTF-8"),
+    ("generate-truncated-weights", "generate",
+     ["--prompt", "the", "--model-dir", _final_copy("truncated", lambda d: _truncate(d / "model.safetensors"))],
+     "cannot load"),
+    ("generate-pickle-weights", "generate",
+     ["--prompt", "the", "--model-dir", _final_copy("pickled", _weights_as_pickle)], "pickles are never loaded"),
 ]
 
 
