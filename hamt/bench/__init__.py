@@ -107,11 +107,12 @@ def run(what: str, params, opts: dict, device, command: str) -> tuple[list[dict]
     from hamt.bench import decode, memory, meta, model, recall, tokenize
 
     info = meta.metadata(device, command, opts)
-    if what in ("tokenize", "recall"):
-        module = tokenize if what == "tokenize" else recall
-        rows = tokenize.bench_tokenize(opts["tokenize"]) if what == "tokenize" else recall.bench_recall(opts["recall"], device)
-        rows = [{**info, **r} for r in rows]
-        return rows, module.render(rows, info)
+    if what == "tokenize":
+        rows = [{**info, **r} for r in tokenize.bench_tokenize(opts["tokenize"])]
+        return rows, tokenize.render(rows, info)
+    if what == "recall":
+        rows = [{**info, **r} for r in recall.bench_recall(opts["recall"], device)]
+        return rows, recall.render(rows, info)
     module = {"model": model, "memory": memory, "decode": decode}[what]
     rows = getattr(module, f"bench_{what}")(model_config(params, opts), opts, device)
     rows = [{**info, **r} for r in rows]
