@@ -5,7 +5,7 @@ Structure: every stage depends on the hamt modules it imports (directly or not),
 model. The end-to-end test runs in a temporary copy of the repository (git init; ``.dvc/config`` as
 committed, as on a fresh clone) on the ``micro`` profile and a corpus made here: every stage runs, a second
 ``dvc repro`` does nothing, a changed ``train.lr`` makes every trained model's checkpoint stale for ``hamt
-compare`` and ``dvc repro`` retrains exactly the stages that read ``train``, an experiment that changes an
+compare`` and ``dvc status`` names exactly the stages that read ``train``, an experiment that adds an
 ablation (``dvc exp run -S compare.trained=[...]``) trains that model alone (the other checkpoints
 untouched) and re-runs compare and report, and ``dvc metrics show`` / ``dvc plots show --json`` read the
 results.
@@ -224,8 +224,9 @@ def test_dvc_config_has_a_default_local_remote():
 # --------------------------------------------------------------------------------------------------
 
 
-# The models trained in a repository copy: HAMT, one scratch baseline, one ablation (seconds each on micro).
-FAST_TRAINED = ["hamt", "gpt2-scratch", "ablation-slots-1"]
+# The models trained in a repository copy: HAMT and one scratch baseline (seconds each on micro); the DVC
+# test adds an ablation by experiment.
+FAST_TRAINED = ["hamt", "gpt2-scratch"]
 
 
 def fast_micro(params: dict, corpus: Path) -> dict:
@@ -349,9 +350,8 @@ def test_dvc_repro_noop_and_param_changes(tmp_path):
     assert ran(dvc(repo, "repro", env=env)) == []  # nothing changed: nothing runs
     assert json.loads(dvc(repo, "status", "--json", env=env)) == {}
     rows = {r["name"]: r for r in json.loads((repo / "results/compare/results.json").read_text())["rows"]}
-    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2", "ablation-slots-1"]
+    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2"]
     assert all(rows[m]["status"] == "ok" for m in FAST_TRAINED), {m: rows[m]["reason"] for m in FAST_TRAINED}
-    assert rows["ablation-slots-1"]["hamt_switches"]["num_slots"] == 1
 
     # Metrics and plots (offline: --json gives the data without the CDN-loaded Vega page)
     metrics = json.loads(dvc(repo, "metrics", "show", "--json", env=env))
@@ -365,7 +365,8 @@ def test_dvc_repro_noop_and_param_changes(tmp_path):
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "first reproduction")
 
-    # A train parameter: every trained model is stale now; compare refuses them until they are retrained ...
+    # A train parameter: every trained model is stale now; compare refuses them until they are retrained
+    # (`dvc repro` would retrain exactly the stages dvc status lists: the experiment below runs that path).
     text = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(text.replace("  lr: 0.003\n", "  lr: 0.002\n", 1))
     status = json.loads(dvc(repo, "status", "--json", env=env))
@@ -377,21 +378,16 @@ def test_dvc_repro_noop_and_param_changes(tmp_path):
     for m in FAST_TRAINED:
         assert rows[m]["status"] == "stale" and "train.lr: 0.003 when trained, 0.002 now" in rows[m]["reason"], rows[m]
         assert rows[m]["ppl"] is None
-    # ... and `dvc repro` retrains exactly the stages that read the train section (and their dependents)
-    out = dvc(repo, "repro", env=env)
-    assert sorted(ran(out)) == sorted(["validate", *trains, "compare", "report"])
-    rows = {r["name"]: r for r in json.loads((repo / "results/compare/results.json").read_text())["rows"]}
-    assert all(rows[m]["status"] == "ok" for m in FAST_TRAINED)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "lr 0.002")
+    git(repo, "checkout", "params.yaml")  # back to the trained parameters: the checkpoints are current again
+    assert set(json.loads(dvc(repo, "status", "--json", env=env))) <= {"compare", "report"}  # compare's results rewritten
 
-    # An experiment that changes an ablation of compare.trained: that model alone is trained, the others are not
+    # An experiment that adds an ablation to compare.trained: that model alone is trained, the others are not
     # touched, and compare and report follow.
-    before = fingerprints(repo, ["hamt", "gpt2-scratch"])
+    before = fingerprints(repo, FAST_TRAINED)
     out = dvc(repo, "exp", "run", "-S", "compare.trained=[hamt,gpt2-scratch,ablation-slots-3]", env=env)
     assert ran(out) == ["train@ablation-slots-3", "compare", "report"]
     assert "Stage 'train@hamt' didn't change" in out and "Stage 'download' didn't change" in out
-    assert fingerprints(repo, ["hamt", "gpt2-scratch"]) == before
+    assert fingerprints(repo, FAST_TRAINED) == before
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["compare"]["params"]["params.yaml"]["compare"]["trained"][-1] == "ablation-slots-3"
     assert "train@ablation-slots-3" in lock["stages"]

@@ -257,12 +257,13 @@ def test_flow_run_records_artifacts(workspace, primary_run):
     # the training fan-out is the plan (dvc.yaml's train foreach); compare evaluated what it trained
     assert d.training_names == FAST_TRAINED and set(d.training_results) == set(FAST_TRAINED)
     assert all(r["ok"] for r in d.training_results.values()), {n: r["reason"] for n, r in d.training_results.items()}
-    assert d.training_results["ablation-slots-1"]["command"][-2:] == ["--model", "ablation-slots-1"]
+    assert d.training_results["gpt2-scratch"]["command"][-2:] == ["--model", "gpt2-scratch"]
     assert sorted(t.data.model_name for t in primary_run["train_model"]) == sorted(FAST_TRAINED)
     rows = {r["name"]: r for r in d.comparison_rows}
-    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2", "ablation-slots-1"]
+    assert list(rows) == ["hamt", "gpt2-scratch", "gpt2"]
     assert all(rows[n]["status"] == "ok" for n in FAST_TRAINED), {n: rows[n]["reason"] for n in FAST_TRAINED}
-    assert rows["ablation-slots-1"]["hamt_switches"]["num_slots"] == 1
+    assert rows["hamt"]["hamt_switches"]["num_slots"] == raw_params()["profiles"]["micro"]["model"]["num_slots"]
+    assert "hamt_switches" not in rows["gpt2-scratch"]
     assert rows["gpt2"]["status"] == "skipped" and "tokenizer" in rows["gpt2"]["reason"]
     assert d.report_markdown.startswith("# ") and "<html" in d.report_html.lower()
     assert "primary_ok" in [s.id for s in primary_run] and "fallback" not in [s.id for s in primary_run]
