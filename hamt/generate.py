@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from hamt.errors import CheckpointError, ConfigError, DataError
+from hamt.io import file_sha256
+from hamt.tokens import TOKENIZER_FILE, check_same_tokenizer, folder_tokenizer_sha
 
 
 def add_arguments_generate(parser) -> None:
@@ -97,6 +99,10 @@ def generate_text(
         raise DataError(f"--prompt is not valid UTF-8 text (byte {e.start}); pass it in UTF-8") from e
     tokens_dir = Path(tokens_dir) if tokens_dir is not None else Path(model_dir)
     tok = load_tokenizer(tokens_dir)
+    if tokens_dir != Path(model_dir) and (tokens_dir / TOKENIZER_FILE).is_file():
+        check_same_tokenizer(folder_tokenizer_sha(model_dir), file_sha256(tokens_dir / TOKENIZER_FILE),
+                             f"the tokenizer in {tokens_dir} is not the one the model in {model_dir} was trained with",
+                             "drop --tokens-dir (the model folder has its own copy) or point it at the model's tokens")
     model = load_model(model_dir, device)
     ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
     eot = _eot_id(tok, tokens_dir)

@@ -74,6 +74,27 @@ def load_split(tokens_dir: str | Path, split: str, meta: dict | None = None) -> 
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+def check_same_tokenizer(trained: str | None, given: str | None, what: str, fix: str) -> None:
+    """Refuse ids or a tokenizer other than the ones a model was trained with (``tokenizer.json`` sha256s).
+
+    Either sha may be None (a checkpoint or model folder written before the sha was recorded): then
+    there is nothing to compare. The vocabulary size alone cannot tell two tokenizers apart.
+    """
+    if trained and given and trained != given:
+        raise DataError(f"{what} (tokenizer.json sha256 {trained[:12]}... when trained, {given[:12]}... now); {fix}")
+
+
+def folder_tokenizer_sha(folder: str | Path) -> str | None:
+    """The sha256 of the tokenizer a folder's ``meta.json`` records (tokens, or a model's ``final/``), or None."""
+    path = Path(folder) / META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    sha = meta.get("tokenizer_sha256") if isinstance(meta, dict) else None
+    return sha if isinstance(sha, str) else None
+
+
 def check_vocab(meta: dict, model_vocab_size: int) -> None:
     """The model's embedding must cover every token id (a larger model vocabulary is fine)."""
     vocab = int(meta["vocab_size"])

@@ -89,6 +89,18 @@ def _other_tokenizer(wd: Path) -> str:
     return str(d)
 
 
+def _another_tokenizer(wd: Path) -> str:
+    """Consistent tokens (meta.json names its tokenizer.json) of another tokenizer with the same vocabulary size."""
+    from hamt.io import file_sha256
+
+    d = wd / "cases" / "tokens" / "another-tokenizer"
+    if not d.exists():
+        shutil.copytree(_other_tokenizer(wd), d)
+        meta = json.loads((d / "meta.json").read_text())
+        (d / "meta.json").write_text(json.dumps({**meta, "tokenizer_sha256": file_sha256(d / "tokenizer.json")}))
+    return str(d)
+
+
 def _case_dir(wd: Path, name: str) -> Path:
     d = wd / "cases" / name
     d.mkdir(parents=True, exist_ok=True)
@@ -232,6 +244,9 @@ CASES = [
     ("meta-a-list", "train", [SET, _tokens("meta-list", meta_change=lambda m: [m])], "JSON object"),
     ("meta-without-vocab", "train", [SET, _tokens("meta-novocab", meta_change=lambda m: {k: v for k, v in m.items() if k != "vocab_size"})], "vocab_size"),
     ("meta-wrong-type", "train", [SET, _tokens("meta-type", meta_change=lambda m: {**m, "vocab_size": "big"})], "vocab_size"),
+    ("resume-on-another-tokenizer", "train", ["--resume", SET, lambda wd: f"tokenizer.tokens_dir={_another_tokenizer(wd)}"],
+     "another tokenizer"),
+    ("compare-context-longer-than-split", "compare", [SET, "compare.eval_context=100000"], "compare.eval_context"),
     ("token-ids-past-vocab", "train", [SET, _tokens("ids", ids_change=lambda ids: ids.__setitem__(3, 65535))], "token id 65535"),
     # checkpoints and output folders
     ("another-run-in-the-folder", "train", [SET, "train.max_steps=12"], "--force-new"),
@@ -248,6 +263,8 @@ CASES = [
     ("name-hidden", "train", ["--name", ".hamt"], "plain folder name"),
     # generation from a saved model
     ("generate-temperature-nan", "generate", ["--prompt", "the", "--temperature", "nan"], "--temperature"),
+    ("generate-another-tokenizer", "generate", ["--prompt", "the", "--tokens-dir", _another_tokenizer],
+     "not the one the model"),
     ("generate-prompt-not-utf8", "generate", ["--prompt", "caf\udce9"], "UTF-8"),
     ("generate-truncated-weights", "generate",
      ["--prompt", "the", "--model-dir", _final_copy("truncated", lambda d: _truncate(d / "model.safetensors"))],

@@ -52,7 +52,7 @@ from typing import Any
 
 from hamt.compare.evaluate import COLUMNS, EvalContext, _first_line, _log, run_baseline, skipped
 from hamt.compare.probes import recall_probe, speed_probe
-from hamt.errors import HAMTError
+from hamt.errors import ConfigError, HAMTError
 from hamt.tables import cell
 from hamt.zoo import evaluation_plan, kind_of
 
@@ -97,7 +97,9 @@ def compare(params, baselines: list[str] | None = None, *, rows: list[dict] | No
     if rows is None:
         try:
             ctx = EvalContext(params)
-        except HAMTError as e:
+        except ConfigError:  # a parameter to fix: nothing is written
+            raise
+        except HAMTError as e:  # no tokens to evaluate on: every row says why
             ctx, rows = None, [skipped(n, kind_of(n), str(e)) for n in names]
         if ctx is not None:
             rows = []

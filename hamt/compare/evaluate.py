@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from hamt.compare.staleness import trained_as_asked
-from hamt.errors import DataError, HAMTError
+from hamt.errors import ConfigError, DataError, HAMTError
 from hamt.zoo import ABLATION_PREFIX, REGISTRY, ablation_overrides, describe, kind_of
 
 
@@ -70,6 +70,10 @@ class EvalContext:
         n = min(n_total, cp.eval_max_tokens) if cp.eval_max_tokens else n_total
         if n < 2:
             raise DataError(f"the {split} split has {n_total} tokens; compare needs at least 2")
+        if cp.eval_context >= n:  # one window would be the whole slice, and the probes run at this length
+            cut = " (compare.eval_max_tokens)" if n < n_total else ""
+            raise ConfigError(f"compare.eval_context={cp.eval_context} does not fit the {n:,} tokens evaluated of the "
+                              f"{split} split{cut}; set compare.eval_context below {n}")
         self.ids = np.asarray(ids[:n], dtype=np.int64)
         self.split = split
         self.counts = scored_counts(load_tokenizer(self.tokens_dir), self.ids)  # bytes/words of the text scored

@@ -1,6 +1,7 @@
 """Fault injection, for tests and the flow's demo only: ``HAMT_FAULTS`` makes a training run fail on cue.
 
-A real run never sets ``HAMT_FAULTS``; the subprocess tests (tests/train/test_faults.py) and the
+A real run never sets ``HAMT_FAULTS`` (nothing is injected without it, and a run that has it says so in
+its first line); the subprocess tests (tests/train/test_faults.py) and the
 Metaflow flow's crash-and-resume demo set it to kill, stall or starve a run at a chosen step, so
 that the recovery paths (SIGTERM checkpoint, SIGKILL mid-write, full disk, the fallback ladder) run
 for real. In-process tests pass ``train(fault_hook=...)`` instead, with the same contract: called

@@ -91,6 +91,8 @@ class Trainer:
         self.env_faults = EnvFaults(env, lambda: self.signals.signum is not None) if env else None
         self.fault_hook = fault_hook
         self.text_log = None
+        if self.env_faults is not None:  # never silent: a forgotten variable would fail a real run on cue
+            self.event_log(f"fault injection is on (HAMT_FAULTS={env!r}), a test setting: unset it for a real run")
 
         # Data (checked against meta.json before any work) ------------------------------------------
         self.meta = inputs.checked_meta(self.tokens_dir, read_meta)

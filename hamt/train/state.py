@@ -44,6 +44,7 @@ from hamt.errors import CheckpointError, ConfigError
 from hamt.io import json_sha256
 from hamt.metrics.systems import flops_per_token
 from hamt.runtime import DistInfo
+from hamt.tokens import check_same_tokenizer
 from hamt.train.ladder import Ladder, TrainingFailed, check_divergence
 from hamt.train.logs import LOG_COLUMNS, CSVLog
 
@@ -80,6 +81,7 @@ def capture(t: Trainer) -> dict:
         "ladder": dataclasses.asdict(t.ladder),
         "params": t.params.to_dict(),
         "model_identity": t.identity,
+        "tokenizer_sha256": t.meta.get("tokenizer_sha256"),  # the ids it learned: resume refuses other tokens
         "model_class": type(t.raw_model).__name__,
         "name": t.name,
         "world_size": t.dist.world_size,
@@ -174,6 +176,9 @@ def restore(t: Trainer, state: dict, rollback: bool = False, path="checkpoint") 
     if int(state.get("world_size", 1)) != t.dist.world_size:
         raise CheckpointError(f"checkpoint was written by {state.get('world_size')} processes, this run has "
                               f"{t.dist.world_size}; resume with the same number of processes")
+    check_same_tokenizer(state.get("tokenizer_sha256"), t.meta.get("tokenizer_sha256"),
+                         f"{path} was trained on the ids of another tokenizer than the tokens in {t.tokens_dir}",
+                         "tokenize with the tokenizer it was trained with, or start a new run (--name or --force-new)")
     check_shapes(t, state, path)
     t.raw_model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])

@@ -147,6 +147,7 @@ def test_sigterm_from_outside_saves_and_exits_cleanly(tokens_dir, tmp_path, refe
     assert rc == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err
     assert "SIGTERM" in err and "hamt train --resume" in err
+    assert "fault injection is on (HAMT_FAULTS='sleep@6:120')" in err  # a test setting never acts silently
     state, path = ck.load_latest(ckdir)
     assert state["step"] in (5, 6)  # the step boundary after the signal
     s = resume_in_process(tokens_dir, tmp_path)
