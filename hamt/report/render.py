@@ -1,6 +1,7 @@
 """The report as a document: a list of blocks, rendered to Markdown and to one self-contained HTML file.
 
-``build_document`` lays out the report (setup, unreadable files, claims ledger, figures, comparison,
+``build_document`` lays out the report (setup, unreadable files, "Is HAMT competitive?" (computed by
+``hamt.report.summary``), claims ledger, figures, comparison,
 validation, sample, criteria, definitions) as blocks ``(kind, ...)``: h1/h2/h3, p, note, pre, list,
 img (a plot key and its caption) and table (header, rows of raw values). ``render_markdown`` links the
 plots; ``render_html`` embeds them as base64 so the one file can be mailed or opened offline. Cells go
@@ -19,6 +20,7 @@ from typing import Any
 from hamt.report.claims import NOT_MEASURED, REFUTED, SUPPORTED
 from hamt.report.collect import bench_rows, preset_of
 from hamt.report.plots import PLOTS
+from hamt.report.summary import summary_blocks
 from hamt.tables import cell, md_table
 
 
@@ -41,6 +43,7 @@ def build_document(results: dict, plots: dict[str, Path | str], ledger: list[dic
                      f"{results.get('dataset')}, tokenizer {results.get('tokenizer')}; device {env.get('device_name', 'n/a')}; "
                      f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}; {env.get('time', '')}."))
     doc.extend(_error_blocks(results))
+    doc.extend(summary_blocks(results))
     doc.append(("h2", "Claims ledger"))
     doc.append(("p", "Each claim of the seed prototype, the value measured by this pipeline and a verdict computed from "
                      "the result files (`hamt.report.claims`; criteria at the end). *Not measured on this "

@@ -24,7 +24,7 @@ def screenshot(html: Path, out: Path, profile: Path) -> "object":
 
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1280,1600", html.as_uri()]
+           f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1280,2400", html.as_uri()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.is_file(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-500:]}"
     return np.asarray(Image.open(out).convert("RGB")).astype(int)  # (H, W, 3)
@@ -47,9 +47,9 @@ def test_report_html_shows_its_plots_in_chromium(tmp_path, fake_presets):
 
     shot = screenshot(html, tmp_path / "report.png", tmp_path / "profile-a")
     control = screenshot(blank, tmp_path / "control.png", tmp_path / "profile-b")
-    assert shot.shape == (1600, 1280, 3)
+    assert shot.shape == (2400, 1280, 3)
     assert shot.std() > 10  # not a blank page
-    # The figures follow the ledger: the lower part of the first screen holds the first plot.
+    # The figures follow the summary and the ledger: the part below the first 800 px holds the first plots.
     region = shot[800:, :]
     assert saturated(region) > 20_000 and region.std() > 20
     assert saturated(control[800:, :]) < 2_000  # a broken-image icon at most
