@@ -11,6 +11,11 @@ Four kinds of name:
 - ``ablation``: ``ablation-<switch>``, HAMT with one switch flipped (``ablation_overrides``);
 - ``pretrained``: published checkpoints evaluated zero-shot (never trained here).
 
+A trained name may end in ``-seed<N>`` (``hamt-seed2``, ``llama-scratch-seed7``, ``ablation-aux-on-seed2``):
+the same model trained with ``train.seed = N`` instead of params.yaml's seed (``params_for``), for the
+seed-to-seed spread that ``hamt.compare.seeds`` reports. Seeds are names, not a second list, because
+DVC's ``foreach`` expands exactly one list: each seed is its own stage instance and checkpoint folder.
+
 ``training_plan(params)`` is THE list of models a comparison trains, ``compare.trained`` as written in
 params.yaml's base section (no profile may change it, ``hamt.params`` refuses that): dvc.yaml's ``train``
 stage is ``foreach: ${compare.trained}`` (a test checks the two agree), the flow's training fan-out
@@ -45,11 +50,36 @@ REGISTRY: dict[str, dict[str, Any]] = {
                                "what": "Pythia-160M (Pile), zero-shot, own tokenizer"},
 }
 ABLATION_PREFIX = "ablation-"
+SEED_SUFFIX = "-seed"
 TRAINED_KINDS = ("hamt", "scratch", "ablation")
+
+
+def split_seed(name: str) -> tuple[str, int | None]:
+    """``("hamt", 2)`` for ``hamt-seed2``; ``(name, None)`` for a name without a seed suffix."""
+    head, sep, num = name.rpartition(SEED_SUFFIX)
+    if sep and head and num.isdigit():
+        return head, int(num)
+    return name, None
+
+
+def params_for(params, name: str):
+    """The parameters model ``name`` is trained with: ``train.seed`` replaced for a ``-seed<N>`` name."""
+    import dataclasses
+
+    _, seed = split_seed(name)
+    if seed is None:
+        return params
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, seed=seed))
 
 
 def kind_of(name: str) -> str:
     """``hamt``, ``scratch``, ``ablation`` or ``pretrained``; an unknown name is a ConfigError."""
+    base, seed = split_seed(name)
+    if seed is not None:
+        kind = kind_of(base)
+        if kind not in TRAINED_KINDS:
+            raise ConfigError(f"'{name}': {base} is a pretrained model; only trained models take a -seed<N> suffix")
+        return kind
     if name.startswith(ABLATION_PREFIX):
         ablation_overrides(name[len(ABLATION_PREFIX):])  # validates the switch
         return "ablation"
@@ -59,6 +89,9 @@ def kind_of(name: str) -> str:
 
 
 def describe(name: str) -> str:
+    base, seed = split_seed(name)
+    if seed is not None:
+        return f"{describe(base)}; seed {seed}"
     if name.startswith(ABLATION_PREFIX):
         return f"HAMT with {name[len(ABLATION_PREFIX):]}, same budget"
     return REGISTRY.get(name, {}).get("what", "")
@@ -84,6 +117,9 @@ def training_plan(params) -> list[str]:
     for n in params.compare.trained:
         if kind_of(n) not in TRAINED_KINDS:
             raise ConfigError(f"compare.trained: {n!r} is a pretrained model; it is evaluated, never trained here")
+        base, seed = split_seed(n)
+        if seed == params.train.seed:
+            raise ConfigError(f"compare.trained: {n!r} is {base} itself (train.seed is {seed}); use another seed")
     return list(dict.fromkeys(params.compare.trained))
 
 
@@ -91,7 +127,7 @@ def evaluation_plan(params, baselines: list[str] | None = None) -> list[str]:
     """The models a comparison evaluates: HAMT, the scratch baselines, the pretrained baselines (compare.baselines
     unless given), the ablations. The trained ones come from ``training_plan``; nothing here is trained."""
     trained = training_plan(params)
-    names = ["hamt"] + [n for n in trained if kind_of(n) == "scratch"]
+    names = ["hamt"] + [n for n in trained if kind_of(n) in ("hamt", "scratch")]  # with their -seed<N> runs
     names += list(params.compare.baselines if baselines is None else baselines)
     names += [n for n in trained if kind_of(n) == "ablation"]
     for n in names:
@@ -104,6 +140,7 @@ def model_config_for(params, name: str, vocab_size: int):
     from hamt.tokens import check_vocab
 
     kind = kind_of(name)
+    name, _ = split_seed(name)  # a seed changes the run, not the model
     if kind == "hamt":
         cfg = params.model_config(vocab_size=vocab_size)
     elif kind == "ablation":

@@ -60,11 +60,12 @@ def with_tokens(tokens: Path, tmp_path: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def trained(tokens) -> Path:
-    """hamt, the from-scratch baselines and ablation-aux-on trained by ``hamt.train`` for 2 steps (shared, read-only)."""
+    """hamt, the from-scratch baselines, ablation-aux-on and hamt-seed2 trained by ``hamt.train`` for 2 steps (shared,
+    read-only)."""
     from hamt.train import train
 
     params = use_trained(with_tokens(tokens, tokens), tokens)
-    for name in ("hamt", "gpt2-scratch", "llama-scratch", "mamba-scratch", "ablation-aux-on"):
+    for name in ("hamt", "gpt2-scratch", "llama-scratch", "mamba-scratch", "ablation-aux-on", "hamt-seed2"):
         train(params, model=name)
     return tokens
 
@@ -228,6 +229,36 @@ def test_compare_never_trains_a_missing_model(tokens, tmp_path, monkeypatch):
         assert not (Path(params.train.out_dir) / name).exists()
 
 
+def test_a_seed_run_trains_with_its_seed_and_folds_into_its_models_row(tokens, trained, tmp_path):
+    import statistics
+
+    from hamt.checkpoint import load_latest
+
+    params = use_trained(with_tokens(tokens, tmp_path, "compare.trained=[hamt, hamt-seed2]"), trained)
+    state, _ = load_latest(Path(params.train.out_dir) / "hamt-seed2")
+    assert state["params"]["train"]["seed"] == 2 != params.train.seed  # everything else as params.yaml says
+    rows = {r["name"]: r for r in cmp.compare(params, baselines=[])["rows"]}
+    assert list(rows) == ["hamt", "hamt-seed2"]
+    assert rows["hamt-seed2"]["status"] == "ok" and rows["hamt-seed2"]["seed_of"] == "hamt"  # not stale: its seed
+    assert rows["hamt"]["bpb"] != rows["hamt-seed2"]["bpb"]  # another initialisation and batch order
+    bpbs = [rows["hamt"]["bpb"], rows["hamt-seed2"]["bpb"]]
+    assert rows["hamt"]["seeds"] == [params.train.seed, 2] and rows["hamt"]["seeds_missing"] == []
+    assert rows["hamt"]["bpb_mean"] == statistics.fmean(bpbs) and rows["hamt"]["bpb_std"] == statistics.stdev(bpbs)
+
+
+def test_seed_statistics_average_only_evaluated_runs():
+    from hamt.compare.seeds import aggregate_seeds
+
+    rows = [{"name": "hamt", "status": "ok", "bpb": 1.0}, {"name": "llama-scratch", "status": "ok", "bpb": 2.0},
+            {"name": "hamt-seed2", "status": "ok", "bpb": 1.2}, {"name": "hamt-seed3", "status": "stale", "bpb": None},
+            {"name": "llama-scratch-seed2", "status": "skipped", "bpb": None}]
+    out = {r["name"]: r for r in aggregate_seeds(rows, base_seed=1337)}
+    assert out["hamt"]["seeds"] == [1337, 2] and out["hamt"]["seeds_missing"] == ["hamt-seed3"]
+    assert out["hamt"]["bpb_mean"] == pytest.approx(1.1) and out["hamt"]["bpb_std"] == pytest.approx(0.1414213562)
+    assert out["llama-scratch"]["seeds"] == [1337] and out["llama-scratch"]["bpb_std"] is None  # one run: no spread
+    assert {r["seed_of"] for r in rows if "-seed" in r["name"]} == {"hamt", "llama-scratch"}
+
+
 def test_ablation_row_is_its_trained_switch(tokens, trained, tmp_path):
     params = use_trained(with_tokens(tokens, tmp_path), trained)
     row = cmp.run_baseline(params, "ablation-aux-on")
@@ -240,7 +271,8 @@ def test_ablation_row_is_its_trained_switch(tokens, trained, tmp_path):
 
 
 @pytest.mark.parametrize("change, names, why", [
-    ("train.lr=0.002", ["hamt", "gpt2-scratch", "ablation-aux-on"], "train.lr: 0.003 when trained, 0.002 now"),
+    ("train.lr=0.002", ["hamt", "gpt2-scratch", "ablation-aux-on", "hamt-seed2"], "train.lr: 0.003 when trained, 0.002 now"),
+    ("train.seed=5", ["hamt"], "train.seed: 1337 when trained, 5 now"),
     ("train.max_steps=3", ["hamt"], "train.max_steps: 2 when trained, 3 now"),
     ("model.num_slots=3", ["hamt", "ablation-aux-on"], "model config.num_slots: 2 when trained, 3 now"),
     ("model.hidden_dim=48", ["gpt2-scratch"], "model config.n_embd"),  # the matched GPT-2 follows HAMT's size

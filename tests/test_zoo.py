@@ -64,3 +64,27 @@ def test_the_meta_count_is_the_built_models_count(arch):
         cfg = FAMILIES[arch](hamt_cfg, 64, 2, 32)
         model = AutoModelForCausalLM.from_config(cfg)
         assert param_count(cfg) == sum(p.numel() for p in model.parameters())
+
+
+def test_a_seed_suffix_is_the_same_model_trained_with_another_seed():
+    from hamt.errors import ConfigError
+
+    assert zoo.split_seed("llama-scratch-seed7") == ("llama-scratch", 7)
+    assert zoo.split_seed("ablation-slots-1-seed2") == ("ablation-slots-1", 2)
+    assert zoo.split_seed("hamt") == ("hamt", None) and zoo.split_seed("hamt-seedx") == ("hamt-seedx", None)
+    assert [zoo.kind_of(n) for n in ("hamt-seed2", "gpt2-scratch-seed2", "ablation-aux-on-seed3")] == [
+        "hamt", "scratch", "ablation"]
+    with pytest.raises(ConfigError, match="pretrained"):
+        zoo.kind_of("gpt2-seed2")
+    params = load_params(ROOT / "params.yaml", "micro", [
+        "compare.trained=[hamt, hamt-seed2, gpt2-scratch, gpt2-scratch-seed2, ablation-aux-on-seed2]"])
+    assert zoo.params_for(params, "hamt-seed2").train.seed == 2 and zoo.params_for(params, "hamt") is params
+    assert zoo.params_for(params, "hamt-seed2").model == params.model  # only the seed differs
+    assert zoo.evaluation_plan(params, baselines=["gpt2"]) == [
+        "hamt", "hamt-seed2", "gpt2-scratch", "gpt2-scratch-seed2", "gpt2", "ablation-aux-on-seed2"]
+    vocab = _vocab(params)
+    assert zoo.model_config_for(params, "ablation-aux-on-seed2", vocab).use_auxiliary_loss is True
+    assert (zoo.model_config_for(params, "gpt2-scratch-seed2", vocab).to_dict()
+            == zoo.model_config_for(params, "gpt2-scratch", vocab).to_dict())
+    with pytest.raises(ConfigError, match="is hamt itself"):
+        zoo.training_plan(load_params(ROOT / "params.yaml", "micro", [f"compare.trained=[hamt, hamt-seed{params.train.seed}]"]))

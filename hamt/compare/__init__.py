@@ -54,6 +54,7 @@ from hamt.compare.evaluate import COLUMNS, EvalContext, _first_line, _log, run_b
 from hamt.compare.probes import recall_probe, speed_probe
 from hamt.errors import ConfigError, HAMTError
 from hamt.tables import cell
+from hamt.compare.seeds import aggregate_seeds
 from hamt.zoo import evaluation_plan, kind_of
 
 __all__ = ["COLUMNS", "EvalContext", "cli_compare", "compare", "format_table", "recall_probe", "run_baseline",
@@ -106,6 +107,7 @@ def compare(params, baselines: list[str] | None = None, *, rows: list[dict] | No
             for n in names:
                 _log(f"compare: {n}")
                 rows.append(run_baseline(params, n, ctx=ctx, progress=progress))
+    aggregate_seeds(rows, params.train.seed)  # a model's -seed<N> runs: mean and spread in its row
     _log("compare: recall probe (MQAR)")
     recall = _guard(recall_probe, params)
     _log("compare: speed probe")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hamt.errors import CheckpointError
-from hamt.zoo import model_config_for
+from hamt.zoo import model_config_for, params_for
 
 
 # Train keys that say how or where a run executes, not what it learns: a model trained with other values of
@@ -49,7 +49,7 @@ def trained_as_asked(params, name: str, ctx) -> dict:  # ctx: hamt.compare.evalu
     if diff:
         return {**out, "reason": f"stale: trained as another model ({diff})"}
     saved = (state.get("params") or {}).get("train") or {}
-    now = to_dict(params.train)
+    now = to_dict(params_for(params, name).train)  # a -seed<N> model was trained with its own seed
     diff = _first_diff({k: v for k, v in saved.items() if k not in RUNTIME_TRAIN_KEYS},
                        {k: v for k, v in now.items() if k not in RUNTIME_TRAIN_KEYS}, "train")
     if diff:

@@ -93,8 +93,14 @@ def _comparison_blocks(results: dict, rows: list[dict]) -> list[tuple]:
                      "CUDA allocator on GPU, process peak RSS on CPU (includes the interpreter and libraries). "
                      "Recall (0-shot): MQAR accuracy in the model's vocabulary, averaged over the pair counts; "
                      "MQAR trained: the architecture trained on MQAR (probe below)."))
+    seed_runs = [r for r in rows if "seed_of" in r]  # folded into their model's row (bpb mean ± std)
+    rows = [r for r in rows if "seed_of" not in r]
     head, body = _comparison_table([r for r in rows if not r["name"].startswith("ablation-")])
     out.append(("table", head, body))
+    if seed_runs:
+        out.append(("p", "Rows with several seeds show the first seed's metrics and, in *bpb over seeds*, the mean ± "
+                         "sample standard deviation over every evaluated seed: " + ", ".join(
+                             f"{r['name']} ({r['status']})" for r in seed_runs) + "."))
     abl = [r for r in rows if r["name"].startswith("ablation-") or r["name"] == "hamt"]
     if len(abl) > 1:
         out.append(("h3", "Ablations (same budget as HAMT)"))
@@ -145,7 +151,7 @@ def _validation_blocks(results: dict) -> list[tuple]:
 
 
 def _comparison_table(rows: list[dict]) -> tuple[list[str], list[list[Any]]]:
-    head = ["model", "status", "params", "tokens seen", "ppl", "bpb", "word ppl", "train tok/s", "decode tok/s",
+    head = ["model", "status", "params", "tokens seen", "ppl", "bpb", "bpb over seeds", "word ppl", "train tok/s", "decode tok/s",
             "state MB", "peak mem MB", "recall (0-shot)", "MQAR trained", "fidelity", "slots active"]
     body = []
     for r in rows:
@@ -153,11 +159,20 @@ def _comparison_table(rows: list[dict]) -> tuple[list[str], list[list[Any]]]:
             body.append([r["name"], r["status"]] + [None] * (len(head) - 2))
             continue
         sb = r.get("state_bytes")
-        body.append([r["name"], "ok", r.get("params"), r.get("tokens_seen"), r.get("ppl"), r.get("bpb"),
+        body.append([r["name"], "ok", r.get("params"), r.get("tokens_seen"), r.get("ppl"), r.get("bpb"), _over_seeds(r),
                      r.get("word_ppl"), r.get("train_tok_s"), r.get("decode_tok_s"), sb / 2**20 if sb else None,
                      r.get("peak_mem_mb"), r.get("recall_acc"), r.get("mqar_trained_acc"), r.get("fidelity"),
                      r.get("slot_active_fraction")])
     return head, body
+
+
+def _over_seeds(r: dict) -> str:
+    """``1.2700 ± 0.0040 (3 seeds)``; ``1 seed`` when the model was trained once."""
+    n, missing = len(r.get("seeds") or []), len(r.get("seeds_missing") or [])
+    gone = f", {missing} not evaluated" if missing else ""
+    if n < 2:
+        return f"1 seed{gone}"
+    return f"{r['bpb_mean']:.4f} ± {r['bpb_std']:.4f} ({n} seeds{gone})"
 
 
 def render_markdown(doc: list[tuple], plot_rel: dict[str, str]) -> str:

@@ -1,7 +1,7 @@
 """The report's "Is HAMT competitive?" section, computed from the comparison rows: never typed in.
 
 For each baseline trained from scratch on the same tokens and budget (``kind == "scratch"``), it puts
-side by side: quality (bits per byte, lower is better), training speed, decoding speed and state size
+side by side: quality (bits per byte, lower is better; the mean over seeds where a model has several), training speed, decoding speed and state size
 at the evaluation context, and recall. Speed and memory are measured once per model on this machine
 and reported as ratios (HAMT / baseline). Quality is called better or worse only when the difference
 exceeds the seed-to-seed spread:
@@ -26,7 +26,7 @@ SPREAD_FACTOR = 2.0  # a difference counts when it exceeds this many seed standa
 def quality_verdict(diff: float, spread: float | None) -> str:
     """``better`` / ``worse`` (HAMT's bpb lower / higher) beyond the spread, else why not."""
     if spread is None:
-        return "not called: one seed per model, the seed-to-seed spread is not measured"
+        return "not called: a single seed, the seed-to-seed spread is not measured"
     if abs(diff) <= SPREAD_FACTOR * spread:
         return f"no difference: |diff| <= {SPREAD_FACTOR:g} x seed spread ({spread:.4f})"
     return "HAMT better" if diff < 0 else "HAMT worse"
@@ -39,6 +39,11 @@ def _spread(*rows: dict) -> float | None:
     return max(float(s) for s in stds)
 
 
+def _bpb(row: dict) -> float:
+    """The model's bits per byte: the mean over its seeds when it has several (``hamt.compare.seeds``)."""
+    return float(row["bpb_mean"] if row.get("bpb_mean") is not None else row["bpb"])
+
+
 def _ratio(a: Any, b: Any) -> float | None:
     if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
         return None
@@ -47,18 +52,20 @@ def _ratio(a: Any, b: Any) -> float | None:
 
 def competitiveness(rows: list[dict]) -> dict | None:
     """HAMT against each evaluated from-scratch baseline; None when HAMT or every baseline is missing."""
-    ok = {r["name"]: r for r in rows if r.get("status") == "ok"}
+    ok = {r["name"]: r for r in rows if r.get("status") == "ok" and "seed_of" not in r}  # -seed<N> runs: in bpb_std
     hamt = ok.get("hamt")
     baselines = [r for r in ok.values() if r.get("kind") == "scratch"]
     if hamt is None or not baselines or not isinstance(hamt.get("bpb"), (int, float)):
         return None
     out = []
     for b in baselines:
-        diff = float(hamt["bpb"]) - float(b["bpb"])
+        bh, bb = _bpb(hamt), _bpb(b)
+        diff = bh - bb
         spread = _spread(hamt, b)
         out.append({
             "baseline": b["name"], "params_ratio": _ratio(hamt.get("params"), b.get("params")),
-            "bpb_hamt": float(hamt["bpb"]), "bpb_baseline": float(b["bpb"]), "bpb_diff": diff, "spread": spread,
+            "bpb_hamt": bh, "bpb_baseline": bb, "bpb_diff": diff, "spread": spread,
+            "seeds": (len(hamt.get("seeds") or [1]), len(b.get("seeds") or [1])),
             "quality": quality_verdict(diff, spread),
             "train_speed_ratio": _ratio(hamt.get("train_tok_s"), b.get("train_tok_s")),
             "decode_speed_ratio": _ratio(b.get("decode_ms_per_token"), hamt.get("decode_ms_per_token")),
@@ -99,9 +106,9 @@ def summary_blocks(results: dict) -> list[tuple]:
                  f"({'constant' if b0 == b1 else 'growing'}).")
     out.append(("p", text + " Ratios are HAMT / baseline, measured on this machine in this run (speed: higher is "
                             "faster for HAMT; state: lower is smaller for HAMT)."))
-    out.append(("table", ["baseline", "params ratio", "bpb HAMT", "bpb baseline", "diff", "quality",
+    out.append(("table", ["baseline", "seeds (HAMT, baseline)", "params ratio", "bpb HAMT", "bpb baseline", "diff", "quality",
                           "train speed ratio", "decode speed ratio", "state bytes ratio", "recall HAMT / baseline"],
-                [[r["baseline"], cell(r["params_ratio"], 3), cell(r["bpb_hamt"], 4), cell(r["bpb_baseline"], 4),
+                [[r["baseline"], "{}, {}".format(*r["seeds"]), cell(r["params_ratio"], 3), cell(r["bpb_hamt"], 4), cell(r["bpb_baseline"], 4),
                   f"{r['bpb_diff']:+.4f}", r["quality"], cell(r["train_speed_ratio"], 2),
                   cell(r["decode_speed_ratio"], 2), cell(r["state_bytes_ratio"], 3),
                   f"{cell(r['recall_hamt'], 3)} / {cell(r['recall_baseline'], 3)}"] for r in comp["rows"]]))

@@ -12,8 +12,8 @@ def add_arguments_train(parser) -> None:
                         help="continue from the newest valid checkpoint in <train.out_dir>/<model> (fresh start if none)")
     parser.add_argument("--model", default="hamt", metavar="NAME",
                         help="which model of the comparison to train (hamt.zoo: hamt, gpt2-scratch, gpt2-scratch-2x, "
-                             "ablation-<switch>); checkpoints in <train.out_dir>/<name>, results in "
-                             "<train.results_dir>/<name>")
+                             "llama-scratch, mamba-scratch, ablation-<switch>; any of them + -seed<N> trains it with "
+                             "train.seed=N); checkpoints in <train.out_dir>/<name>, results in <train.results_dir>/<name>")
     parser.add_argument("--name", default=None,
                         help="run name: the folders' name, one plain name (default: the model's name)")
     parser.add_argument("--force-new", action="store_true",

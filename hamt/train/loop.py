@@ -43,7 +43,7 @@ from hamt.train.logs import LOG_COLUMNS, CSVLog, TextLog, make_logger, print_eve
 from hamt.train.optimizer import make_optimizer
 from hamt.train.schedule import WarmupCosine
 from hamt.train.signals import StopSignals
-from hamt.zoo import build_model, model_config_for
+from hamt.zoo import build_model, model_config_for, params_for
 
 
 def train(params, *, resume: bool | str = False, model: str = "hamt", name: str | None = None,
@@ -61,6 +61,7 @@ def train(params, *, resume: bool | str = False, model: str = "hamt", name: str 
     """
     if resume and force_new:
         raise ConfigError("--resume continues a run and --force-new starts a new one: pass one of them")
+    params = params_for(params, model)  # a -seed<N> model trains with train.seed = N
     name = inputs.check_run_name(model if name is None else name)
     inputs.check_output_dirs(params, name)
     dist_info, device = init_distributed(params.train.device)

@@ -25,7 +25,7 @@ def test_one_seed_shows_the_differences_and_calls_none():
     assert [r["baseline"] for r in comp["rows"]] == ["llama-scratch"]  # evaluated, from scratch: not gpt2, not skipped
     r = comp["rows"][0]
     assert r["bpb_diff"] == pytest.approx(0.020) and r["spread"] is None
-    assert r["quality"].startswith("not called: one seed")
+    assert r["quality"].startswith("not called: a single seed")
     assert r["params_ratio"] == pytest.approx(1.1)
     assert r["train_speed_ratio"] == pytest.approx(0.5)  # HAMT trains at half the baseline's tokens/s
     assert r["decode_speed_ratio"] == pytest.approx(2.0)  # half the milliseconds per token: twice as fast
@@ -60,3 +60,16 @@ def test_the_report_opens_with_the_section(tmp_path, fake_presets):
     assert md.index("## Is HAMT competitive?") < md.index("## Claims ledger")
     section = md[md.index("## Is HAMT competitive?"):md.index("## Claims ledger")]
     assert "| gpt2-scratch |" in section and "+0.0500" in section  # 1.27 - 1.22, from the results tree
+
+
+def test_seed_runs_are_averaged_and_never_a_baseline_of_their_own():
+    from hamt.compare.seeds import aggregate_seeds
+
+    rs = rows() + [model_row("hamt-seed2", "hamt", 44_000, 131.0, 1.280),
+                   model_row("llama-scratch-seed2", "scratch", 40_000, 121.0, 1.252)]
+    comp = competitiveness(aggregate_seeds(rs, base_seed=1337))
+    assert [r["baseline"] for r in comp["rows"]] == ["llama-scratch"]
+    r = comp["rows"][0]
+    assert r["seeds"] == (2, 2) and r["bpb_hamt"] == pytest.approx(1.275) and r["bpb_baseline"] == pytest.approx(1.251)
+    assert r["spread"] == pytest.approx(0.0070711, rel=1e-4)  # HAMT's: stdev(1.270, 1.280)
+    assert r["quality"] == "HAMT worse"  # 0.024 > 2 x 0.0071
