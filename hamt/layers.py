@@ -181,14 +181,15 @@ class HolographicMemory(nn.Module):
         Recomputed from the stored weight each training step (a small matmul; autograd reaches the weight
         through it); without gradients it is kept until the weight changes (decoding: one fold, not one a token)."""
         W = self.kqv.weight  # (3 D, d)
-        key = (W.data_ptr(), W._version, W.dtype, W.device)
-        if self._folded is not None and self._folded[0] == key and not (torch.is_grad_enabled() and W.requires_grad):
+        cache = not (torch.is_grad_enabled() and W.requires_grad) and not torch.compiler.is_compiling()
+        key = (W.data_ptr(), W._version, W.dtype, W.device) if cache else None
+        if cache and self._folded is not None and self._folded[0] == key:
             return self._folded[1]
         dtype = compute_dtype(W.dtype)
         fwd, _ = dft_matrices(self.P, dtype, W.device)
         folded = torch.matmul(fwd, W.to(dtype).view(3 * self.H, self.P, -1))  # (3H, 2F, P) @ (3H, P, d)
         folded = folded.reshape(-1, W.shape[1]).to(W.dtype)
-        self._folded = None if torch.is_grad_enabled() and W.requires_grad else (key, folded)
+        self._folded = (key, folded) if cache else None
         return folded
 
     def _spectra(self, u: torch.Tensor, dtype: torch.dtype):
