@@ -55,7 +55,7 @@ def _source() -> str:
                    "#undef REAL\n#undef SFX\n#undef EXP\n#undef SQRT\n" for r, x, e, q in _VARIANTS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flags(cc: str) -> list[str]:
     """The compiler flags for ``cc``: _CPU_KERNEL_FLAGS, plus _GCC_FLAGS when ``cc`` is GCC (asked once per process)."""
     try:
