@@ -10,6 +10,13 @@ short convolution as zeros, so a left-padded row computes exactly what the unpad
 
 Precision: the memory runs in max(float32, parameter dtype): complex64 for fp32/bf16/fp16 models,
 complex128 for a float64 model (``compute_dtype``).
+
+Fourier transforms: the rfft of a P-length head and the irfft of its read-out are fixed linear maps, so
+by default (``HolographicMemory.transform = "matmul"``) they are real matmuls: the rfft is folded into
+the key/query/value projection (W' = DFT @ W_kqv per head, computed from the stored weight at forward
+time, so checkpoints are unchanged), complex numbers are carried as real (re, im) pairs, and the irfft
+is one (2F -> P) matmul per head. ``transform = "fft"`` is the reference (torch.fft, complex), kept
+for the equivalence tests.
 """
 
 from __future__ import annotations
@@ -47,6 +54,30 @@ class MixerStats:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The real dtype the memory and the norms compute in for parameters of ``dtype``: at least float32."""
     return torch.promote_types(dtype, torch.float32)
+
+
+# (P, dtype, device) -> (fwd (2F, P), inv (P, 2F)); built in float64, a few KB each.
+_DFT_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def dft_matrices(P: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """rfft and irfft (n=P) of a real length-P vector as real matrices on (re, im) pairs.
+
+    fwd (2F, P): fwd @ x = view_as_real(rfft(x)).reshape(2F); inv (P, 2F): inv @ view_as_real(X).reshape(2F)
+    = irfft(X, n=P), which ignores the imaginary parts of the DC and Nyquist terms (zero columns here)."""
+    key = (P, dtype, str(device))
+    if key not in _DFT_CACHE:
+        F_ = P // 2 + 1
+        fp = torch.outer(torch.arange(F_), torch.arange(P)) % P  # exact integer phases: f p mod P
+        ang = (2 * math.pi / P) * fp.to(torch.float64)  # (F, P)
+        cos, sin = torch.cos(ang), torch.sin(ang)
+        sin[0], sin[-1] = 0.0, 0.0  # exactly zero at DC and Nyquist (sin(pi p) is 1e-16 in floats)
+        fwd = torch.stack([cos, -sin], 1).reshape(2 * F_, P)
+        weight = torch.full((F_, 1), 2.0, dtype=torch.float64)  # each inner frequency stands for +-f
+        weight[0], weight[-1] = 1.0, 1.0
+        inv = (torch.stack([cos, -sin], 1) * weight[..., None] / P).reshape(2 * F_, P).T
+        _DFT_CACHE[key] = (fwd.to(device=device, dtype=dtype), inv.contiguous().to(device=device, dtype=dtype))
+    return _DFT_CACHE[key]
 
 
 class RMSNorm(nn.Module):
@@ -109,6 +140,8 @@ class HolographicMemory(nn.Module):
         self.out_norm = nn.Parameter(torch.ones(D))  # per-head RMSNorm weight
         self.out_proj = nn.Linear(D, d, bias=False)
         self.register_buffer("perm", slot_permutations(S, self.F, config.slot_perm_seed + layer_idx), persistent=True)
+        self.transform = "matmul"  # or "fft", the reference (module docstring); not saved: the same function
+        self._folded: tuple | None = None  # (weight key, folded weight) kept while no gradient is needed
 
     def _multiscale_bias(self) -> torch.Tensor:
         H, ctx = self.config.num_attention_heads, self.config.max_position_embeddings
@@ -142,6 +175,41 @@ class HolographicMemory(nn.Module):
         w = -torch.expm1(log_f)[..., None] * a  # (1 - f) * a: zero where log_f = 0
         return log_f, w, b, a
 
+    def _folded_kqv(self) -> torch.Tensor:
+        """The kqv weight with the per-head rfft folded in: (3 H 2F, d), rows ordered (k|q|v, head, freq, re|im).
+
+        Recomputed from the stored weight each training step (a small matmul; autograd reaches the weight
+        through it); without gradients it is kept until the weight changes (decoding: one fold, not one a token)."""
+        W = self.kqv.weight  # (3 D, d)
+        cache = not (torch.is_grad_enabled() and W.requires_grad) and not torch.compiler.is_compiling()
+        key = (W.data_ptr(), W._version, W.dtype, W.device) if cache else None
+        if cache and self._folded is not None and self._folded[0] == key:
+            return self._folded[1]
+        dtype = compute_dtype(W.dtype)
+        fwd, _ = dft_matrices(self.P, dtype, W.device)
+        folded = torch.matmul(fwd, W.to(dtype).view(3 * self.H, self.P, -1))  # (3H, 2F, P) @ (3H, P, d)
+        folded = folded.reshape(-1, W.shape[1]).to(W.dtype)
+        self._folded = (key, folded) if cache else None
+        return folded
+
+    def _spectra(self, u: torch.Tensor, dtype: torch.dtype):
+        """rfft of each head's k, q, v as real pairs (B, T, H, F, 2) in ``dtype`` (k, q not yet unitary), and the
+        time-domain v (B, T, H, P), or None where only its spectrum exists."""
+        B, T, _ = u.shape
+        H, P, F_ = self.H, self.P, self.F
+        if self.transform == "fft":  # the reference: torch.fft on complex tensors
+            k, q, v = self.kqv(u).to(dtype).view(B, T, 3, H, P).unbind(2)  # each (B, T, H, P)
+            return (*(torch.view_as_real(torch.fft.rfft(x)) for x in (k, q, v)), v)
+        kqv = F.linear(u, self._folded_kqv()).to(dtype).view(B, T, 3, H, F_, 2)
+        return (*kqv.unbind(2), None)  # strided views of the one projection: the memory scan reads them in place
+
+    def _to_time(self, X: torch.Tensor) -> torch.Tensor:
+        """irfft (n=P) of the (B, T, H, F, 2) pairs ``X``: (B, T, H, P) real."""
+        if self.transform == "fft":
+            return torch.fft.irfft(torch.view_as_complex(X), n=self.P)
+        _, inv = dft_matrices(self.P, X.dtype, X.device)  # (P, 2F)
+        return torch.matmul(X.reshape(*X.shape[:-2], -1), inv.T)
+
     def forward(
         self, x: torch.Tensor, state: LayerState | None = None, want_stats: bool = False,
         mask: torch.Tensor | None = None,
@@ -149,34 +217,34 @@ class HolographicMemory(nn.Module):
         """``mask`` (B, T) bool, true at real tokens (None: all real); see the module docstring."""
         B, T, _ = x.shape
         H, P = self.H, self.P
-        dtype = compute_dtype(self.kqv.weight.dtype)  # fp32 at least, for the FFT and the state
+        dtype = compute_dtype(self.kqv.weight.dtype)  # fp32 at least, for the transforms and the state
+        eps = self.config.norm_eps
         conv_tail = None
         u = x
         if self.conv is not None:
             xc = x if mask is None else x * mask[..., None].to(x.dtype)  # padding enters the conv as zeros
             u, conv_tail = self.conv(xc, None if state is None else state.conv)
-        k, q, v = self.kqv(u).to(dtype).view(B, T, 3, H, P).unbind(2)  # each (B, T, H, P)
-        K = unitary(torch.fft.rfft(k), self.config.norm_eps)  # (B, T, H, F)
-        Q = unitary(torch.fft.rfft(q), self.config.norm_eps)
-        V = torch.fft.rfft(v)
+        k, q, V, v = self._spectra(u, dtype)  # pairs (B, T, H, F, 2); k, q are made unitary by the scan
         log_f, w, b, a = self._gates(u, dtype, mask)
         c = a if want_stats else None
         mem0 = None if state is None else state.memory
         if T == 1 and mem0 is not None and not torch.is_grad_enabled():
-            r, uu, mem = memory_step(Q[:, 0], K[:, 0], V[:, 0], log_f[:, 0], w[:, 0], b[:, 0], self.perm, mem0,
+            Q, K, Vc = (torch.view_as_complex(t[:, 0].contiguous()) for t in (unitary(q, eps), unitary(k, eps), V))
+            r, uu, mem = memory_step(Q, K, Vc, log_f[:, 0], w[:, 0], b[:, 0], self.perm, mem0,
                                      None if c is None else c[:, 0])
-            r, uu = r[:, None], (None if uu is None else uu[:, None])
+            r, uu = torch.view_as_real(r)[:, None], (None if uu is None else torch.view_as_real(uu)[:, None])
         else:
-            r, uu, mem = memory_scan(Q, K, V, log_f, w, b, self.perm, mem0, c,
-                                     mode=self.config.memory_mode, chunk_size=self.config.chunk_size)
-        y = torch.fft.irfft(r, n=P)  # (B, T, H, P)
-        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.config.norm_eps)  # per-head RMS norm
+            r, uu, mem = memory_scan(q, k, V, log_f, w, b, self.perm, mem0, c, mode=self.config.memory_mode,
+                                     chunk_size=self.config.chunk_size, normalize=eps)
+        y = self._to_time(r)  # (B, T, H, P)
+        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps)  # per-head RMS norm
         y = y.reshape(B, T, H * P) * self.out_norm.to(dtype)
         y = y.to(x.dtype) * F.silu(self.out_gate(x))
         out = self.out_proj(y)
         stats = None
         if want_stats:
-            recalled = torch.fft.irfft(uu, n=P)  # (B, T, H, P) what the key unbinds right after the write
+            recalled = self._to_time(uu)  # (B, T, H, P) what the key unbinds right after the write
+            v = self._to_time(V) if v is None else v  # the value written, in the time domain
             fid = F.cosine_similarity(recalled, v, dim=-1, eps=1e-6)  # (B, T, H)
             if mask is None:
                 stats = MixerStats(fidelity=fid.mean(), slot_usage=a.mean(dim=(0, 1, 2)))

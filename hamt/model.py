@@ -206,11 +206,13 @@ class HAMTForCausalLM(HAMTPreTrainedModel, GenerationMixin):
             aux_loss = 1.0 - fidelity
         loss = None
         if labels is not None:
-            targets = labels[:, 1:]
+            # Position t predicts token t+1. The labels are shifted, not the logits: slicing the (B, T, V)
+            # logits copied them and its backward filled a zero tensor of their size (10% of a tiny step).
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T); the last position predicts nothing
             if mask is not None:  # a target counts only if it and the token predicting it are real
-                targets = targets.masked_fill(~(mask[:, 1:] & mask[:, :-1]), -100)
+                targets = targets.masked_fill(~(mask & F.pad(mask[:, 1:], (0, 1), value=False)), -100)
             lm_loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).to(compute_dtype(logits.dtype)), targets.reshape(-1),
+                logits.reshape(-1, logits.shape[-1]).to(compute_dtype(logits.dtype)), targets.reshape(-1),
                 ignore_index=-100,
             )
             loss = lm_loss

@@ -140,6 +140,16 @@ def test_memory_stats_and_aux_loss():
     assert 0 < stats["slot_active_fraction"] <= 1 and 0 < stats["slot_entropy"] <= 1
 
 
+def test_loss_is_the_mean_next_token_cross_entropy():
+    """The loss shifts the labels (not the logits): position t scores token t + 1, the last scores nothing."""
+    torch.manual_seed(0)
+    m = HAMTForCausalLM(small_config())
+    x = torch.randint(0, 61, (2, 12))
+    out = m(x, labels=x)
+    want = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 61), x[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.lm_loss, want)
+
+
 def test_slot_utilisation_definition():
     assert slot_utilisation(torch.tensor([[0.25, 0.25, 0.25, 0.25]])) == pytest.approx(
         {"slot_active_fraction": 1.0, "slot_entropy": 1.0})

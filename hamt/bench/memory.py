@@ -1,6 +1,6 @@
 """``hamt bench memory``: the memory scan alone, forward and forward + backward, for each available mode
-(reference loop, chunked, and the Triton kernel on CUDA) at the model's head shape, against the floor
-set by the bytes the scan must move divided by the measured copy bandwidth.
+(reference loop, chunked, the fused C kernel on CPU and the Triton kernel on CUDA) at the model's head
+shape, against the floor set by the bytes the scan must move divided by the measured copy bandwidth.
 
 ``scripts/gpu_tune.py`` builds on ``memory_inputs``, ``memory_step_fns``, ``memory_io_bytes`` and
 ``copy_bandwidth``.
@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from hamt.bench.meta import header, progress
-from hamt.ops import memory_scan, slot_permutations, triton_available, unitary  # the bench's only scan import
+from hamt.ops import cpu_kernel_status, memory_scan, slot_permutations, triton_available, unitary  # the bench's only scan import
 from hamt.metrics.systems import timed
 from hamt.tables import md_table
 
@@ -89,6 +89,7 @@ def bench_memory(config, opts: dict, device) -> list[dict]:
     H, S, F = config.num_attention_heads, config.num_slots, config.num_freqs
     inputs = memory_inputs(B, T, H, S, F, device)
     modes = ["reference", "chunk"] + (["triton"] if triton_available(device) else [])
+    modes += ["cpu"] if device.type == "cpu" and cpu_kernel_status()[0] else []  # the fused C kernel, auto's CPU choice
     bw = copy_bandwidth(device)
     io = memory_io_bytes(B, T, H, S, F)
     fns = {m: memory_step_fns(inputs, m, device) for m in modes}

@@ -19,6 +19,11 @@ Shapes (inputs are batch-first, time-second):
     state          (B, H, S, F) complex   M at the end of the previous segment (zeros if None)
 Returns ``(r, u, final_state)`` with r, u of shape (B, T, H, F) (u is None unless c is given).
 
+``memory_scan`` also takes q, k, v as real (re, im) pairs (B, T, H, F, 2) and then returns r, u as pairs
+(the state stays complex): the model's layout, with no complex dtype in its hot path. With
+``normalize=eps`` the q and k given are raw and the scan is that of ``unitary(q, eps), unitary(k, eps)``
+(the fused CPU kernel normalises as it loads them; every other path calls ``unitary`` first).
+
 One file per path, each with the signature of the reference (``state`` in, ``final_state`` out):
 
     naive.py      ``mode="reference"``  memory_step, memory_reference: the specification
@@ -75,8 +80,9 @@ def triton_available(device: torch.device) -> bool:
 
 
 def memory_scan(q, k, v, log_f, w, b, perm, state=None, c=None, mode: str = "auto",
-                chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """Run the memory over a segment; see the module docstring for shapes and ``chunk_size``.
+                chunk_size: int = DEFAULT_CHUNK_SIZE, normalize: float | None = None):
+    """Run the memory over a segment; see the module docstring for shapes, pairs, ``normalize`` and
+    ``chunk_size``.
 
     Returns (r, u, final_state). ``chunk_size`` reaches every path unchanged."""
     chunk_size = check_chunk_size(chunk_size)  # a bad value fails the same way whichever path runs
@@ -85,12 +91,18 @@ def memory_scan(q, k, v, log_f, w, b, perm, state=None, c=None, mode: str = "aut
             mode = "triton"
         else:
             mode = "cpu" if cpu_kernel_available(q) else "chunk"
+    if mode == "cpu":  # takes pairs and normalises itself
+        return memory_fused_cpu(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size, normalize=normalize)
+    if normalize is not None:
+        q, k = unitary(q, normalize), unitary(k, normalize)
+    if not q.is_complex():  # pairs: complex views for the paths below, pairs back out
+        q, k, v = (torch.view_as_complex(x) for x in (q, k, v))
+        r, u, final = memory_scan(q, k, v, log_f, w, b, perm, state, c, mode=mode, chunk_size=chunk_size)
+        return torch.view_as_real(r), None if u is None else torch.view_as_real(u), final
     if mode == "reference":
         return memory_reference(q, k, v, log_f, w, b, perm, state, c)
     if mode == "chunk":
         return memory_chunked(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size)
-    if mode == "cpu":
-        return memory_fused_cpu(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size)
     if mode == "triton":
         from hamt.ops.triton import memory_triton  # here, not at the top: importing hamt.ops imports no Triton
 

@@ -43,8 +43,11 @@ def slot_permutations(num_slots: int, num_freqs: int, seed: int = 0) -> Tensor:
 
 
 def unitary(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """Project each complex entry onto the unit circle: x / |x|, guarded near zero."""
-    return x * torch.rsqrt(x.real.square() + x.imag.square() + eps)
+    """Project each complex entry onto the unit circle: x / |x|, guarded near zero. ``x`` is complex, or
+    real (..., 2) holding (re, im) pairs (the model's layout: no complex dtype), returned in the same form."""
+    if x.is_complex():
+        return x * torch.rsqrt(x.real.square() + x.imag.square() + eps)
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
 
 
 def _permute(x: Tensor, perm: Tensor) -> Tensor:

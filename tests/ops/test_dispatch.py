@@ -97,3 +97,40 @@ def test_the_model_default_chunk_is_the_ops_default():
     from hamt.ops import DEFAULT_CHUNK_SIZE
 
     assert HAMTConfig().chunk_size == DEFAULT_CHUNK_SIZE
+
+
+@pytest.mark.parametrize("mode", ["reference", "chunk", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_raw_pairs_with_normalize_equal_the_reference_on_unitary_inputs(mode, dtype):
+    """The model's call: q, k, v as (re, im) pair views of one (B, T, 3, H, F, 2) projection, k and q raw,
+    ``normalize=eps``; outputs, final state and every gradient equal the reference run on
+    unitary(q, eps), unitary(k, eps) as complex tensors."""
+    if mode == "cpu" and not cpu_kernel_status()[0]:
+        pytest.skip(f"fused CPU kernel unavailable: {cpu_kernel_status()[1]}")
+    x = make_inputs(2, 13, 3, 4, 9, dtype)
+    g = torch.Generator().manual_seed(3)
+    eps = 0.3  # large, so that an eps applied wrongly (or not at all) shows
+    kqv = torch.randn(2, 13, 3, 3, 9, 2, generator=g, dtype=dtype)
+    gates = {n: x[n] for n in ("log_f", "w", "b", "state", "c")}
+
+    def ref(kqv, **gates):
+        k, q, v = (torch.view_as_complex(t.contiguous()) for t in kqv.unbind(2))
+        return hamt.ops.memory_reference(hamt.ops.unitary(q, eps), hamt.ops.unitary(k, eps), v, perm=x["perm"],
+                                         **gates)
+
+    def fast(kqv, **gates):
+        k, q, v = kqv.unbind(2)  # strided views, read in place by the cpu kernel
+        r, u, s = memory_scan(q, k, v, perm=x["perm"], mode=mode, chunk_size=4, normalize=eps, **gates)
+        assert r.shape == u.shape == (2, 13, 3, 9, 2) and not r.is_complex() and s.is_complex()
+        return torch.view_as_complex(r), torch.view_as_complex(u), s
+
+    results = []
+    for fn in (ref, fast):
+        leaves = [t.detach().clone().requires_grad_() for t in (kqv, *gates.values())]
+        outs = fn(leaves[0], **dict(zip(gates, leaves[1:])))
+        w = torch.Generator().manual_seed(4)
+        loss = sum((torch.view_as_real(o) * torch.randn(torch.view_as_real(o).shape, generator=w, dtype=dtype)).sum()
+                   for o in outs)
+        results.append([o.detach() for o in outs] + list(torch.autograd.grad(loss, leaves)))
+    for got, want in zip(*results[::-1]):
+        torch.testing.assert_close(got, want, **TOL[dtype])
