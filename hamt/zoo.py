@@ -112,6 +112,13 @@ def ablation_overrides(switch: str) -> dict:
     raise ConfigError(f"unknown ablation {switch!r}; use ablation-<switch> with gating-on|off, aux-on|off, conv-off|conv-K, slots-N")
 
 
+def hamt_overrides(name: str) -> dict:
+    """The HAMTConfig overrides of a HAMT name: {} for ``hamt``, the switch of ``ablation-<switch>`` (any
+    ``-seed<N>`` suffix ignored: a seed changes the run, not the model)."""
+    name, _ = split_seed(name)
+    return ablation_overrides(name[len(ABLATION_PREFIX):]) if name.startswith(ABLATION_PREFIX) else {}
+
+
 def training_plan(params) -> list[str]:
     """The models a comparison trains, in order: ``compare.trained`` (hamt, scratch baselines, ablations)."""
     for n in params.compare.trained:
@@ -141,10 +148,8 @@ def model_config_for(params, name: str, vocab_size: int):
 
     kind = kind_of(name)
     name, _ = split_seed(name)  # a seed changes the run, not the model
-    if kind == "hamt":
-        cfg = params.model_config(vocab_size=vocab_size)
-    elif kind == "ablation":
-        cfg = params.model_config(vocab_size=vocab_size, **ablation_overrides(name[len(ABLATION_PREFIX):]))
+    if kind in ("hamt", "ablation"):
+        cfg = params.model_config(vocab_size=vocab_size, **hamt_overrides(name))
     elif kind == "scratch":
         from hamt.baselines import matched_config
         from hamt.model import count_parameters

@@ -52,9 +52,9 @@ from typing import Any
 
 from hamt.compare.evaluate import COLUMNS, EvalContext, _first_line, _log, run_baseline, skipped
 from hamt.compare.probes import recall_probe, speed_probe
+from hamt.compare.seeds import aggregate_seeds
 from hamt.errors import ConfigError, HAMTError
 from hamt.tables import cell
-from hamt.compare.seeds import aggregate_seeds
 from hamt.zoo import evaluation_plan, kind_of
 
 __all__ = ["COLUMNS", "EvalContext", "cli_compare", "compare", "format_table", "recall_probe", "run_baseline",

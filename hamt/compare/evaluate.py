@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hamt.compare.staleness import trained_as_asked
 from hamt.errors import ConfigError, DataError, HAMTError
-from hamt.zoo import ABLATION_PREFIX, REGISTRY, ablation_overrides, describe, kind_of, split_seed
+from hamt.zoo import REGISTRY, describe, hamt_overrides, kind_of
 
 
 # Columns of results.csv, in order (results.json rows hold these plus nested details).
@@ -153,7 +153,7 @@ def _run_trained(params, name: str, kind: str, ctx: EvalContext, progress: bool)
                trainer_tok_s=summary.get("tokens_per_s"), model_dir=str(final), tokenizer=ctx.tokenizer_kind,
                checkpoint=check["checkpoint"])
     if kind == "ablation":
-        row["config"] = ablation_overrides(split_seed(name)[0][len(ABLATION_PREFIX):])
+        row["config"] = hamt_overrides(name)
     _evaluate_into(row, model, ctx.ids, ctx, progress)
     if kind == "hamt":
         row["sample"] = _sample(params, final, ctx)
