@@ -22,7 +22,8 @@ Returns ``(r, u, final_state)`` with r, u of shape (B, T, H, F) (u is None unles
 ``memory_scan`` also takes q, k, v as real (re, im) pairs (B, T, H, F, 2) and then returns r, u as pairs
 (the state stays complex): the model's layout, with no complex dtype in its hot path. With
 ``normalize=eps`` the q and k given are raw and the scan is that of ``unitary(q, eps), unitary(k, eps)``
-(the fused CPU kernel normalises as it loads them; every other path calls ``unitary`` first).
+(the fused CPU and Triton kernels take pairs and normalise as they load them; the reference and chunked
+paths get ``unitary`` applied first and complex views of the pairs).
 
 One file per path, each with the signature of the reference (``state`` in, ``final_state`` out):
 
@@ -37,7 +38,9 @@ from one real matmul with the lower-triangular decay matrix, and the chunk-bound
 second, small one. Chunks are processed a cache-sized block at a time and only the block-start
 states are kept: the hand-written backward recomputes each block from its start state, so per-token
 states never exist for more than one block at a time.
-``mode="triton"`` is the fused CUDA kernel (hamt.ops.triton), state on chip; chosen by ``auto`` on CUDA.
+``mode="triton"`` is the fused CUDA kernel (hamt.ops.triton): one program per (batch, head) row with the
+whole S x F state on chip, no atomics, registered as torch.library ops (torch.compile sees through it);
+chosen by ``auto`` on CUDA.
 ``mode="cpu"`` is a fused C kernel for the CPU (compiled on first use, state in cache, sequential in
 time within a row, rows over threads); chosen by ``auto`` on CPU when it builds, else ``chunk``.
 
@@ -47,7 +50,7 @@ keeps states. It changes speed and memory only, never the result (beyond roundin
     chunk   the side C of each chunk's (C, C) decay matmul; the per-token states of a block of chunks
             are computed in parallel and only block-start states are saved for the backward
     cpu     the state is saved every chunk_size steps; the backward recomputes one chunk at a time
-    triton  the same as cpu, per program on chip (each value compiles a kernel variant)
+    triton  the same as cpu, per (batch, head) program on chip (each value compiles a kernel variant)
     reference  ignored (a loop over single steps), but checked like the others
 Any int >= 1 is valid for every path; anything else raises ValueError.
 """
@@ -93,6 +96,10 @@ def memory_scan(q, k, v, log_f, w, b, perm, state=None, c=None, mode: str = "aut
             mode = "cpu" if cpu_kernel_available(q) else "chunk"
     if mode == "cpu":  # takes pairs and normalises itself
         return memory_fused_cpu(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size, normalize=normalize)
+    if mode == "triton":  # takes pairs and normalises itself, too
+        from hamt.ops.triton import memory_triton  # here, not at the top: importing hamt.ops imports no Triton
+
+        return memory_triton(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size, normalize=normalize)
     if normalize is not None:
         q, k = unitary(q, normalize), unitary(k, normalize)
     if not q.is_complex():  # pairs: complex views for the paths below, pairs back out
@@ -103,8 +110,4 @@ def memory_scan(q, k, v, log_f, w, b, perm, state=None, c=None, mode: str = "aut
         return memory_reference(q, k, v, log_f, w, b, perm, state, c)
     if mode == "chunk":
         return memory_chunked(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size)
-    if mode == "triton":
-        from hamt.ops.triton import memory_triton  # here, not at the top: importing hamt.ops imports no Triton
-
-        return memory_triton(q, k, v, log_f, w, b, perm, state, c, chunk_size=chunk_size)
     raise ValueError(f"unknown memory mode {mode!r}; use auto, chunk, cpu, reference or triton")
