@@ -256,13 +256,24 @@ class HAMTFlow(FlowSpec):
         """Every model of the plan trained (or its failure recorded); compare evaluates them."""
         from metaflow.cards import Markdown
 
+        from hamt.train.unplanned import write_not_trained
+        from hamt.zoo import not_planned_reason, pipeline_models
+
         self.merge_artifacts(inputs, exclude=["model_name", "model_result", "cpu_threads"])
+        orc.enter_workdir()
+        params = self._trained_params()
+        # compare.trained outside this profile's plan: the records DVC's train@ instances would write
+        self.not_trained = {n: write_not_trained(params, n, not_planned_reason(params, n))["reason"]
+                            for n in pipeline_models(params) if n not in self.training_names}
         self.training_results = {i.model_name: i.model_result for i in inputs}
         rows = [{"model": n, "ok": r["ok"], "reason": r["reason"], "seconds": r["seconds"],
                  "steps": (r.get("metrics") or {}).get("steps"), "val_loss": (r.get("metrics") or {}).get("val_loss")}
                 for n, r in ((n, self.training_results[n]) for n in self.training_names)]
         current.card.append(Markdown("## Trained models (hamt.zoo.training_plan)"))
         current.card.append(cards.table(rows))
+        if self.not_trained:
+            current.card.append(Markdown("Not trained in this profile (compare.plan): "
+                                         + ", ".join(f"`{n}`" for n in self.not_trained)))
         self.next(self.plan_compare)
 
     @card(**CARD)

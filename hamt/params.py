@@ -292,7 +292,12 @@ class CompareParams:
     # gpt2-scratch-2x, llama-scratch, mamba-scratch), each ablation (ablation-<switch>, switch: gating-on|off, aux-on|off,
     # conv-off|conv-K, slots-N). dvc.yaml's train stage is a foreach over this list (hamt.zoo.training_plan), so no profile may change it
     trained: list[str] = field(default_factory=lambda: ["hamt", "gpt2-scratch", "gpt2-scratch-2x", "llama-scratch",
-                                                       "mamba-scratch", "ablation-aux-on"])
+                                                       "mamba-scratch", "ablation-aux-on", "hamt-seed2",
+                                                       "gpt2-scratch-seed2", "llama-scratch-seed2", "mamba-scratch-seed2"])
+    # the models of ``trained`` this profile trains and evaluates, in any order (null = all of them): a profile
+    # may set it (tiny leaves out what its 10-minute budget has no room for); DVC still runs every train@ instance,
+    # and one outside the plan writes a "not trained" record instead of training (``hamt train --skip-unplanned``)
+    plan: list[str] | None = None
     # models evaluated beside the trained ones, never trained here (pretrained, zero-shot)
     baselines: list[str] = field(default_factory=lambda: ["gpt2", "distilgpt2", "EleutherAI/pythia-70m",
                                                          "EleutherAI/pythia-160m"])

@@ -16,11 +16,13 @@ the same model trained with ``train.seed = N`` instead of params.yaml's seed (``
 seed-to-seed spread that ``hamt.compare.seeds`` reports. Seeds are names, not a second list, because
 DVC's ``foreach`` expands exactly one list: each seed is its own stage instance and checkpoint folder.
 
-``training_plan(params)`` is THE list of models a comparison trains, ``compare.trained`` as written in
-params.yaml's base section (no profile may change it, ``hamt.params`` refuses that): dvc.yaml's ``train``
-stage is ``foreach: ${compare.trained}`` (a test checks the two agree), the flow's training fan-out
-iterates it, and ``hamt compare`` evaluates it (never training). Each trained model has its own stage
-instance ``train@<name>``, checkpoint folder ``<train.out_dir>/<name>`` and results folder
+``pipeline_models(params)`` is every model any profile trains, ``compare.trained`` as written in params.yaml's
+base section (no profile may change it, ``hamt.params`` refuses that): dvc.yaml's ``train`` stage is
+``foreach: ${compare.trained}`` (a test checks the two agree). ``training_plan(params)`` is the part of it the
+active profile trains (``compare.plan``; all of it when null): the flow's training fan-out iterates it and
+``hamt compare`` evaluates it (never training). A DVC instance outside the plan writes a "not trained" record
+(``hamt train --skip-unplanned``), so the tiny profile can leave out what the study trains. Each trained model
+has its own stage instance ``train@<name>``, checkpoint folder ``<train.out_dir>/<name>`` and results folder
 ``<train.results_dir>/<name>``.
 """
 
@@ -119,8 +121,8 @@ def hamt_overrides(name: str) -> dict:
     return ablation_overrides(name[len(ABLATION_PREFIX):]) if name.startswith(ABLATION_PREFIX) else {}
 
 
-def training_plan(params) -> list[str]:
-    """The models a comparison trains, in order: ``compare.trained`` (hamt, scratch baselines, ablations)."""
+def pipeline_models(params) -> list[str]:
+    """Every model any profile trains: ``compare.trained`` as written (dvc.yaml's ``train`` foreach), validated."""
     for n in params.compare.trained:
         if kind_of(n) not in TRAINED_KINDS:
             raise ConfigError(f"compare.trained: {n!r} is a pretrained model; it is evaluated, never trained here")
@@ -128,6 +130,37 @@ def training_plan(params) -> list[str]:
         if seed == params.train.seed:
             raise ConfigError(f"compare.trained: {n!r} is {base} itself (train.seed is {seed}); use another seed")
     return list(dict.fromkeys(params.compare.trained))
+
+
+def training_plan(params) -> list[str]:
+    """The models this profile's comparison trains, in ``compare.trained``'s order: those also in ``compare.plan``
+    (all of ``compare.trained`` when it is null; a plan must name ``hamt`` when compare.trained has it)."""
+    models = pipeline_models(params)
+    plan = params.compare.plan
+    if plan is None:
+        return models
+    for n in plan:
+        kind_of(n)  # a misspelt name fails; a known one missing from compare.trained is simply not trained
+    if "hamt" in models and "hamt" not in plan:
+        raise ConfigError("compare.plan: must include 'hamt' (every comparison is HAMT against the others)")
+    return [n for n in models if n in plan]
+
+
+NOT_TRAINED = "not trained"  # the status of a model's record in a profile that does not plan it (hamt.train.unplanned)
+
+
+def is_not_trained(metrics: dict | None) -> bool:
+    """Is this metrics.json a "not trained" record (``hamt.train.unplanned``), not a run?"""
+    return isinstance(metrics, dict) and metrics.get("status") == NOT_TRAINED
+
+
+def not_planned_reason(params, name: str) -> str | None:
+    """Why ``name`` (of compare.trained) is not trained in this profile; None when it is in the plan or is not
+    one of compare.trained at all (then nothing decides against training it)."""
+    if name in training_plan(params) or name not in pipeline_models(params):
+        return None
+    return (f"not in profile {params.profile}'s compare.plan (trained by a profile that plans it, e.g. "
+            f"`--profile study`)")
 
 
 def evaluation_plan(params, baselines: list[str] | None = None) -> list[str]:

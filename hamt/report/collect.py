@@ -19,6 +19,7 @@ from typing import Any
 
 from hamt.data import corpus_description, corpus_floor
 from hamt.io import read_json
+from hamt.zoo import is_not_trained
 
 
 def _dataset_used(source: dict, configured: str) -> str:
@@ -37,7 +38,7 @@ def collect(params) -> dict:
     if train_dir.is_dir():
         for d in sorted(p for p in train_dir.iterdir() if p.is_dir()):
             log, metrics = _read_csv(d / "log.csv", errors), _read_json(d / "metrics.json", errors, dict)
-            if log or metrics:
+            if (log or metrics) and not is_not_trained(metrics):  # a profile's unplanned model: no run to show
                 train[d.name] = {"log": log, "metrics": metrics or {}}
     cdir, bdir = Path(params.compare.out_dir), Path(params.report.bench_dir)
     bench = {p.stem: _read_json(p, errors, (dict, list)) for p in sorted(bdir.glob("*.json"))} if bdir.is_dir() else {}

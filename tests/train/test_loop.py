@@ -97,6 +97,39 @@ def test_gpt2_baseline_through_the_cli_and_generate(tokens_dir, tmp_path, capsys
 
 
 
+def test_skip_unplanned_writes_the_not_trained_record_and_never_replaces_a_run(tokens_dir, tmp_path, capsys):
+    """DVC's train@ instance of a model outside the profile's compare.plan: a record, not a model."""
+    from hamt.cli import main
+    from hamt.params import load_params
+    from hamt.report.collect import collect
+
+    common = ["--params", str(ROOT / "params.yaml"), "--profile", "micro",
+              "--set", f"tokenizer.tokens_dir={tokens_dir}", "--set", f"train.out_dir={tmp_path / 'ckpt'}",
+              "--set", f"train.results_dir={tmp_path / 'results'}", "--set", "train.max_steps=4",
+              "--set", "compare.plan=[hamt, llama-scratch]"]
+    assert main(["train", "--model", "gpt2-scratch", "--skip-unplanned", *common]) == 0
+    assert "gpt2-scratch not trained: not in profile micro's compare.plan" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "results" / "gpt2-scratch" / "metrics.json").read_text())
+    assert rec["status"] == "not trained" and rec["profile"] == "micro"
+    assert json.loads((tmp_path / "ckpt" / "gpt2-scratch" / "not_trained.json").read_text()) == rec
+    header = (tmp_path / "results" / "gpt2-scratch" / "log.csv").read_text()
+    assert header.strip().split(",")[:2] == ["step", "tokens"] and header.count("\n") == 1
+    p = load_params(ROOT / "params.yaml", "micro", [f"train.results_dir={tmp_path / 'results'}",
+                                                    f"tokenizer.tokens_dir={tokens_dir}"], validate_model=False)
+    assert "gpt2-scratch" not in collect(p)["train"]  # the report shows no run for it
+    # A planned model trains; without the flag an unplanned one trains too (an explicit request) ...
+    assert main(["train", "--model", "llama-scratch", "--skip-unplanned", *common]) == 0
+    assert json.loads((tmp_path / "results" / "llama-scratch" / "metrics.json").read_text())["steps"] == 4
+    assert main(["train", "--model", "gpt2-scratch", "--force-new", *common]) == 0
+    trained = (tmp_path / "results" / "gpt2-scratch" / "metrics.json").read_text()
+    assert json.loads(trained)["model_class"] == "GPT2LMHeadModel"
+    # ... and the record never replaces a run: the folders are left as they are.
+    capsys.readouterr()
+    assert main(["train", "--model", "gpt2-scratch", "--skip-unplanned", *common]) == 0
+    assert "left as they are" in capsys.readouterr().out
+    assert (tmp_path / "results" / "gpt2-scratch" / "metrics.json").read_text() == trained
+
+
 def test_compile_failure_falls_back_to_eager(tokens_dir, tmp_path, monkeypatch):
     from hamt.train import train
 
