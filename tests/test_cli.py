@@ -23,7 +23,7 @@ def dvc_stage_commands() -> dict[str, str]:
     out = {}
     for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
         cmd = stage.get("do", stage)["cmd"].strip()  # a foreach stage's command is under `do`
-        m = re.fullmatch(r"hamt (\w+)(?: --model \$\{item\})?", cmd)
+        m = re.fullmatch(r"hamt (\w+)(?: --model \$\{item\} --skip-unplanned)?", cmd)
         assert m, f"dvc stage {name}: cmd must be one `hamt <command>` call, got {stage['cmd']!r}"
         out[name] = m.group(1)
     return out

@@ -110,10 +110,12 @@ def _model_key(t: Trainer) -> str | None:
     """The ``--model`` this run trained: its name if that model's config is this run's (the pipeline's
     runs are named after their model), else the model of the training plan whose config it is."""
     from hamt.checkpoint import model_identity
-    from hamt.zoo import kind_of, model_config_for, training_plan
+    from hamt.zoo import kind_of, model_config_for
 
     vocab = int(t.meta["vocab_size"])
-    for name in dict.fromkeys([t.name, *training_plan(t.params)]):
+    # compare.trained as written, not training_plan: a -seed<N> run's params carry train.seed = N, which
+    # training_plan would refuse as "the model itself"
+    for name in dict.fromkeys([t.name, *t.params.compare.trained]):
         try:
             kind_of(name)
         except Exception:
