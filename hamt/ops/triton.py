@@ -341,6 +341,16 @@ def _token_stride(q: Tensor, k: Tensor, v: Tensor) -> int:
     return ts if ok and ts >= H * 2 * F else 0
 
 
+def _rows_in_place(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+    """q, k, v as the kernels read them, with their token stride: in place when ``_token_stride`` allows it,
+    else contiguous copies (stride H * F * 2)."""
+    ts = _token_stride(q, k, v)
+    if ts == 0:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        ts = q.shape[2] * q.shape[3] * 2
+    return q, k, v, ts
+
+
 @triton_op("hamt::memory_scan_fwd", mutates_args=())
 def _scan_fwd(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, w: Tensor, b: Tensor, c: Optional[Tensor],
               perm: Tensor, state: Optional[Tensor], chunk: int, eps: float, unit: bool,
@@ -348,10 +358,7 @@ def _scan_fwd(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, w: Tensor, b: Tens
     """r, u (empty without c), final state (B, H, S, F, 2) and, when ``save``, the chunk-start states."""
     B, T, H, F, _ = q.shape
     S = perm.shape[0]
-    ts = _token_stride(q, k, v)
-    if ts == 0:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        ts = H * F * 2
+    q, k, v, ts = _rows_in_place(q, k, v)
     nc = triton.cdiv(T, chunk)
     block_s, block_f, warps = launch_shape(S, F)
     r = q.new_empty(B, T, H, F, 2)
@@ -375,10 +382,7 @@ def _scan_bwd(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, w: Tensor, b: Tens
     """Gradients of q, k, v (contiguous pairs), log_f, w, b, c (empty without c) and the initial state."""
     B, T, H, F, _ = q.shape
     S = perm.shape[0]
-    ts = _token_stride(q, k, v)
-    if ts == 0:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        ts = H * F * 2
+    q, k, v, ts = _rows_in_place(q, k, v)
     nc = ck.shape[2]
     block_s, block_f, warps = launch_shape(S, F)
     perms = _padded_perms(perm, block_s, block_f)
