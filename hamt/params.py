@@ -239,8 +239,8 @@ class FallbackParams:
     max_divergence_retries: int = 3
     # learning-rate multiplier applied at each roll-back
     lr_factor: float = 0.5
-    # the flow trains this profile first ...
-    primary_profile: str = "tiny"
+    # the flow trains this profile first (None: the run's own profile, filled in by ``resolve``) ...
+    primary_profile: str | None = None
     # ... and this one if the primary fails
     fallback_profile: str = "micro"
 
@@ -293,7 +293,8 @@ class CompareParams:
     # conv-off|conv-K, slots-N). dvc.yaml's train stage is a foreach over this list (hamt.zoo.training_plan), so no profile may change it
     trained: list[str] = field(default_factory=lambda: ["hamt", "gpt2-scratch", "gpt2-scratch-2x", "llama-scratch",
                                                        "mamba-scratch", "ablation-aux-on", "hamt-seed2",
-                                                       "gpt2-scratch-seed2", "llama-scratch-seed2", "mamba-scratch-seed2"])
+                                                       "gpt2-scratch-seed2", "llama-scratch-seed2", "mamba-scratch-seed2",
+                                                       "gpt2-scratch-2x-seed2", "ablation-aux-on-seed2"])
     # the models of ``trained`` this profile trains and evaluates, in any order (null = all of them): a profile
     # may set it (tiny leaves out what its 10-minute budget has no room for); DVC still runs every train@ instance,
     # and one outside the plan writes a "not trained" record instead of training (``hamt train --skip-unplanned``)
@@ -561,6 +562,8 @@ def resolve(raw: dict, profile: str | None = None, overrides: typing.Sequence[st
         _check_plan_overlay(pname, overlay, base)
     merged = apply_overrides(deep_merge(base, profiles.get(name) or {}), overrides, allowed)
     sections = {k: from_dict(cls, merged.get(k), k) for k, cls in SECTIONS.items()}
+    if sections["fallback"].primary_profile is None:  # the flow trains the profile it was asked to run
+        sections["fallback"].primary_profile = name
     model = merged.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError("model: expected a mapping (preset: NAME plus field overrides)")

@@ -24,6 +24,9 @@ def test_every_profile_resolves_its_dataset_and_a_compare_plan_the_zoo_builds(pr
     params = load_params(ROOT / "params.yaml", profile, [])
     want = "wikitext-103-raw-v1" if profile in GPU_PROFILES else "wikitext-2-raw-v1"
     assert params.data.dataset == want
+    # `python flows/hamt_flow.py run --profile P` trains P itself (the flow's primary), and its fallback resolves
+    assert params.fallback.primary_profile == profile
+    assert params.fallback.fallback_profile in PROFILES
     # a GPU day trains the attention baselines on HAMT's budget (issue 15); the CPU profiles also Mamba-2
     need = {"llama-scratch", "gpt2-scratch"} | (set() if profile in GPU_PROFILES else {"mamba-scratch"})
     assert need <= set(zoo.training_plan(params))

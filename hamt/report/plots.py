@@ -41,30 +41,57 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _model_colors(names) -> dict[str, str]:
+    """One colour per model; a ``-seed<N>`` run takes its model's colour (HAMT red)."""
+    from hamt.zoo import split_seed
+
+    bases = list(dict.fromkeys(split_seed(n)[0] for n in names))
+    by_base = {b: _color(b, i) for i, b in enumerate(bases)}
+    return {n: by_base[split_seed(n)[0]] for n in names}
+
+
+def _series(log: list[dict], x: str, y: str) -> list[tuple[float, float]]:
+    return [(r[x], r[y]) for r in log if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
+
+
 def plot_loss_curves(results: dict, out: Path) -> Path | str:
+    """Validation (and training) loss against training tokens, and validation loss against training seconds."""
+    from hamt.zoo import split_seed
+
     runs = {n: e for n, e in (results.get("train") or {}).items() if e.get("log")}
     if not runs:
         return "no training logs (results/train/<name>/log.csv)"
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, (name, e) in enumerate(runs.items()):
-        color = _color(name, i)
-        tr = [(r["tokens"], r["train_loss"]) for r in e["log"] if isinstance(r.get("train_loss"), (int, float))]
-        va = [(r["tokens"], r["val_loss"]) for r in e["log"] if isinstance(r.get("val_loss"), (int, float))]
+    colors = _model_colors(runs)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for name, e in runs.items():
+        seed_run = split_seed(name)[1] is not None  # drawn dashed, in its model's colour
+        style = dict(color=colors[name], linestyle="--" if seed_run else "-")
+        tr, va = _series(e["log"], "tokens", "train_loss"), _series(e["log"], "tokens", "val_loss")
         if tr:
-            ax.plot(*zip(*tr), color=color, alpha=0.55, lw=1, label=f"{name} train")
+            ax.plot(*zip(*tr), alpha=0.35, lw=1, **style)
         if va:
-            ax.plot(*zip(*va), color=color, marker="o", lw=2, label=f"{name} validation")
+            ax.plot(*zip(*va), marker="o", ms=3, lw=2, label=name, **style)
+        vt = _series(e["log"], "train_time_s", "val_loss")  # logs written before the column existed have none
+        if vt:
+            bx.plot(*zip(*vt), marker="o", ms=3, lw=2, label=name, **style)
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title("Training and validation loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Validation loss (points; training loss faint) against tokens")
+    bx.set_xlabel("training seconds (timed steps, this machine)")
+    bx.set_title("Validation loss against training time")
+    if not bx.lines:
+        bx.text(0.5, 0.5, "no train_time_s in these logs", ha="center", va="center", transform=bx.transAxes)
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
+        if a.lines:
+            a.legend(fontsize=7, ncol=2)
     return _save(fig, out / "loss_curves.png")
 
 
 def plot_quality(results: dict, out: Path) -> Path | str:
-    rows = [r for r in rows_by_name(results).values() if is_ok(r) and r.get("ppl") is not None]
+    """Token perplexity, bits per byte (mean over seeds, error bar = sample std) and word perplexity."""
+    rows = [r for r in rows_by_name(results).values() if is_ok(r) and r.get("ppl") is not None and not r.get("seed_of")]
     if not rows:
         return "no evaluated model (results/compare/results.json)"
     plt = _plt()
@@ -72,10 +99,16 @@ def plot_quality(results: dict, out: Path) -> Path | str:
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     for ax, key, label in zip(axes, ("ppl", "bpb", "word_ppl"), ("token perplexity", "bits per byte", "word perplexity")):
         vals = [r.get(key) or 0.0 for r in rows]
-        bars = ax.bar(range(len(rows)), vals, color=[_color(r["name"], i) for i, r in enumerate(rows)])
+        errs = None
+        if key == "bpb" and any(r.get("bpb_std") is not None for r in rows):
+            vals = [r["bpb_mean"] if r.get("bpb_mean") is not None else v for r, v in zip(rows, vals)]
+            errs = [r.get("bpb_std") or 0.0 for r in rows]
+            label = "bits per byte (mean ± std over seeds)"
+        bars = ax.bar(range(len(rows)), vals, yerr=errs, capsize=3 if errs else 0,
+                      color=[_color(r["name"], i) for i, r in enumerate(rows)])
         ax.set_xticks(range(len(rows)), names, rotation=35, ha="right", fontsize=8)
         ax.set_title(label)
-        ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 1000 else f"{v:.3g}", fontsize=7)
+        ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 1000 else f"{v:.4g}", fontsize=7)
         ax.grid(axis="y", alpha=0.3)
         floor = results.get("floor")
         if floor and key in ("bpb", "word_ppl"):  # the generated corpus's true floor: what no model can beat
@@ -253,8 +286,8 @@ def plot_zoology(results: dict, out: Path) -> Path | str:
 
 
 PLOTS: list[tuple[str, str, Callable[[dict, Path], Path | str]]] = [
-    ("loss_curves", "Training and validation loss of HAMT and the baselines", plot_loss_curves),
-    ("quality", "Perplexity, bits per byte and word perplexity", plot_quality),
+    ("loss_curves", "Validation loss against training tokens and against training time (seed runs dashed)", plot_loss_curves),
+    ("quality", "Perplexity, bits per byte (mean ± std over seeds) and word perplexity", plot_quality),
     ("speed", "Throughput and peak memory against sequence length", plot_speed),
     ("decoding", "Decoding latency and state size against context length", plot_decoding),
     ("recall", "Associative recall (MQAR) accuracy against the number of pairs", plot_recall),

@@ -32,14 +32,14 @@ def quality_verdict(diff: float, spread: float | None) -> str:
     return "HAMT better" if diff < 0 else "HAMT worse"
 
 
-def _spread(*rows: dict) -> float | None:
+def seed_spread(*rows: dict) -> float | None:
     stds = [r.get("bpb_std") for r in rows]
     if any(s is None for s in stds):
         return None
     return max(float(s) for s in stds)
 
 
-def _bpb(row: dict) -> float:
+def bpb_of(row: dict) -> float:
     """The model's bits per byte: the mean over its seeds when it has several (``hamt.compare.seeds``)."""
     return float(row["bpb_mean"] if row.get("bpb_mean") is not None else row["bpb"])
 
@@ -59,9 +59,9 @@ def competitiveness(rows: list[dict]) -> dict | None:
         return None
     out = []
     for b in baselines:
-        bh, bb = _bpb(hamt), _bpb(b)
+        bh, bb = bpb_of(hamt), bpb_of(b)
         diff = bh - bb
-        spread = _spread(hamt, b)
+        spread = seed_spread(hamt, b)
         out.append({
             "baseline": b["name"], "params_ratio": _ratio(hamt.get("params"), b.get("params")),
             "bpb_hamt": bh, "bpb_baseline": bb, "bpb_diff": diff, "spread": spread,

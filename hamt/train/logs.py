@@ -32,8 +32,10 @@ from tqdm.auto import tqdm
 
 from hamt.io import write_bytes_atomic
 
+# train_time_s: seconds spent in timed training steps so far (not evaluation, checkpoints or compilation;
+# carried across a resume), the x axis of loss against wall-clock time
 LOG_COLUMNS = ["step", "tokens", "train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu",
-               "peak_mem_mb", "fidelity", "slot_active_fraction"]
+               "peak_mem_mb", "fidelity", "slot_active_fraction", "train_time_s"]
 
 # ---------------------------------------------------------------------------------------------------
 # Files

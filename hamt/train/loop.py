@@ -378,7 +378,7 @@ class Trainer:
         do_eval = force_eval or step % self.tp.eval_every == 0 or step == self.tp.max_steps
         if not (do_eval or step % self.tp.log_every == 0):
             return
-        row = {"step": step, "tokens": self.tokens_seen, **self._last}
+        row = {"step": step, "tokens": self.tokens_seen, "train_time_s": self.train_time, **self._last}
         iv = self.interval
         if iv["n"]:
             row["train_loss"] = iv["loss"] / iv["n"]

@@ -34,3 +34,26 @@ def test_every_plot_says_what_is_missing_when_there_are_no_results(tmp_path):
         note = fn({}, tmp_path)
         assert isinstance(note, str) and note.startswith("no "), (key, note)
     assert not list(tmp_path.iterdir())
+
+
+def test_seed_runs_share_their_model_colour_and_hamt_stays_red():
+    colors = plots._model_colors(["gpt2-scratch", "hamt", "gpt2-scratch-seed2", "hamt-seed2", "llama-scratch"])
+    assert colors["hamt"] == colors["hamt-seed2"] == "C3"
+    assert colors["gpt2-scratch-seed2"] == colors["gpt2-scratch"] != colors["llama-scratch"]
+
+
+def test_loss_against_time_reads_train_time_s_and_skips_rows_without_it():
+    log = [{"tokens": 10, "val_loss": 3.0, "train_time_s": 1.5}, {"tokens": 20, "val_loss": ""},
+           {"tokens": 30, "val_loss": 2.5}]
+    assert plots._series(log, "train_time_s", "val_loss") == [(1.5, 3.0)]
+    assert plots._series(log, "tokens", "val_loss") == [(10, 3.0), (30, 2.5)]
+
+
+def test_quality_plot_draws_seed_means_with_error_bars(tmp_path, fake_presets):
+    from hamt.report.collect import collect
+
+    results = collect(make_results_tree(tmp_path / "tree"))
+    rows = results["compare"]["rows"]
+    rows[0].update(bpb_mean=1.25, bpb_std=0.01, seeds=[1337, 2])
+    rows.append(dict(rows[0], name="hamt-seed2", seed_of="hamt"))  # folded into hamt's bar, not drawn alone
+    assert plots.plot_quality(results, tmp_path / "p") == tmp_path / "p" / "quality.png"
