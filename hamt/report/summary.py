@@ -72,7 +72,25 @@ def competitiveness(rows: list[dict]) -> dict | None:
             "state_bytes_ratio": _ratio(hamt.get("state_bytes"), b.get("state_bytes")),
             "recall_hamt": hamt.get("recall_acc"), "recall_baseline": b.get("recall_acc"),
         })
-    return {"hamt": hamt, "rows": out, "state_growth": _state_growth(hamt)}
+    return {"hamt": hamt, "rows": out, "state_growth": _state_growth(hamt), "contexts": decode_by_context(hamt, baselines)}
+
+
+def _decoded(row: dict) -> dict[int, dict]:
+    return {d["context"]: d for d in row.get("decode") or [] if d.get("status") == "ok"}
+
+
+def decode_by_context(hamt: dict, baselines: list[dict]) -> list[dict]:
+    """Per baseline and context both decoded at: ms per generated token and state bytes, and HAMT's speed ratio."""
+    mine = _decoded(hamt)
+    out = []
+    for b in baselines:
+        theirs = _decoded(b)
+        for c in sorted(set(mine) & set(theirs)):
+            h, o = mine[c], theirs[c]
+            out.append({"baseline": b["name"], "context": c, "ms_hamt": h.get("ms_per_token"),
+                        "ms_baseline": o.get("ms_per_token"), "speed_ratio": _ratio(o.get("ms_per_token"), h.get("ms_per_token")),
+                        "state_hamt": h.get("state_bytes"), "state_baseline": o.get("state_bytes")})
+    return out
 
 
 def _state_growth(row: dict) -> tuple[int, int, int, int] | None:
@@ -112,4 +130,13 @@ def summary_blocks(results: dict) -> list[tuple]:
                   f"{r['bpb_diff']:+.4f}", r["quality"], cell(r["train_speed_ratio"], 2),
                   cell(r["decode_speed_ratio"], 2), cell(r["state_bytes_ratio"], 3),
                   f"{cell(r['recall_hamt'], 3)} / {cell(r['recall_baseline'], 3)}"] for r in comp["rows"]]))
+    if comp["contexts"]:
+        out.append(("p", "Decoding at each context length (batch 1, this machine): milliseconds per generated token "
+                         "and the state carried between tokens (HAMT's memory; a transformer's KV cache; Mamba-2's "
+                         "SSM and convolution states)."))
+        out.append(("table", ["baseline", "context", "ms/token HAMT", "ms/token baseline", "decode speed ratio",
+                              "state bytes HAMT", "state bytes baseline"],
+                    [[r["baseline"], f"{r['context']:,}", cell(r["ms_hamt"], 2), cell(r["ms_baseline"], 2),
+                      cell(r["speed_ratio"], 2), cell(r["state_hamt"]), cell(r["state_baseline"])]
+                     for r in comp["contexts"]]))
     return out

@@ -73,3 +73,15 @@ def test_seed_runs_are_averaged_and_never_a_baseline_of_their_own():
     assert r["seeds"] == (2, 2) and r["bpb_hamt"] == pytest.approx(1.275) and r["bpb_baseline"] == pytest.approx(1.251)
     assert r["spread"] == pytest.approx(0.0070711, rel=1e-4)  # HAMT's: stdev(1.270, 1.280)
     assert r["quality"] == "HAMT worse"  # 0.024 > 2 x 0.0071
+
+
+def test_decoding_is_compared_at_every_context_both_models_decoded():
+    rs = rows()
+    rs[1]["decode"] = [dict(d, ms_per_token=4.0, state_bytes=64 * d["context"]) for d in rs[1]["decode"]]
+    rs[1]["decode"][-1].update(status="failed")  # a context the baseline did not reach is left out
+    ctx = competitiveness(rs)["contexts"]
+    assert [(r["baseline"], r["context"]) for r in ctx] == [("llama-scratch", 16), ("llama-scratch", 64)]
+    assert ctx[1]["ms_hamt"] == pytest.approx(1.64) and ctx[1]["speed_ratio"] == pytest.approx(4.0 / 1.64)
+    assert (ctx[1]["state_hamt"], ctx[1]["state_baseline"]) == (4096, 64 * 64)
+    tables = [b for b in summary_blocks({"compare": {"rows": rs}}) if b[0] == "table"]
+    assert len(tables) == 2 and tables[1][2][1][:2] == ["llama-scratch", "64"]
