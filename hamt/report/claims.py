@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 from hamt.report.collect import bench_rows, env_of, is_ok, preset_of, rows_by_name
-from hamt.tables import cell
 from hamt.report.summary import SPREAD_FACTOR, bpb_of, seed_spread
+from hamt.tables import cell
 
 SUPPORTED, REFUTED, NOT_MEASURED = "supported", "refuted", "not measured on this hardware"
 VERDICTS = (SUPPORTED, REFUTED, NOT_MEASURED)
