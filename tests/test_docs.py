@@ -41,3 +41,21 @@ def test_every_module_is_in_the_readme_map_and_back():
             mods = {p.stem for p in (pkg / name).glob("*.py")} - {"__init__"}
             missing = [m for m in mods if not re.search(rf"\b{m}\b", desc)]
             assert not missing, f"README map of hamt/{name} does not name {missing}"
+
+
+def test_the_readme_study_table_is_the_committed_study_results():
+    """README's study table restates results/study/compare/results.json (the committed run): no number drifts."""
+    import json
+
+    rows = {r["name"]: r for r in json.loads((ROOT / "results/study/compare/results.json").read_text())["rows"]}
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split("## Is HAMT competitive?", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in text.splitlines() if line.startswith("| ") and "±" in line]
+    assert len(table) == 5
+    for line in table:
+        name, params, bpb, word_ppl, state = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        r = rows[name.split()[0]]
+        assert int(params.replace(",", "")) == r["params"]
+        assert bpb == f"{r['bpb_mean']:.4f} ± {r['bpb_std']:.4f}" and r["seeds"] == [1337, 2]
+        assert word_ppl == f"{r['word_ppl']:.2f}"
+        at64 = next(d["state_bytes"] for d in r["decode"] if d["context"] == 64)
+        assert state == f"{at64:,} B"

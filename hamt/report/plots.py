@@ -78,7 +78,7 @@ def plot_loss_curves(results: dict, out: Path) -> Path | str:
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("Validation loss (points; training loss faint) against tokens")
-    bx.set_xlabel("training seconds (timed steps, this machine)")
+    bx.set_xlabel("training seconds (timed steps, this machine; runs trained side by side shared its cores)")
     bx.set_title("Validation loss against training time")
     if not bx.lines:
         bx.text(0.5, 0.5, "no train_time_s in these logs", ha="center", va="center", transform=bx.transAxes)
