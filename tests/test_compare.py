@@ -106,6 +106,8 @@ def test_compare_writes_one_row_per_model_and_skips_with_reasons(tokens, trained
     assert rows["hamt"]["mqar_trained_acc"] == result["recall"]["models"]["hamt"]["accuracy"]
     assert {r["model"] for r in result["speed"]["rows"]} == {"hamt", "gpt2"}
     assert all(r["status"] == "ok" and r["hamt_speedup_vs_gpt2"] > 0 for r in result["speed"]["rows"])
+    # the probe times the GPT-2 that was trained (its position table already covers the probe's lengths here)
+    assert next(r["params"] for r in result["speed"]["rows"] if r["model"] == "gpt2") == rows["gpt2-scratch"]["params"]
     # files
     out = Path(params.compare.out_dir)
     with open(out / "results.csv", newline="") as f:

@@ -125,3 +125,18 @@ def test_tiny_leaves_out_the_seed_runs_and_the_2x_the_study_trains():
     tiny, study = (zoo.training_plan(load_params(ROOT / "params.yaml", p, validate_model=False)) for p in ("tiny", "study"))
     assert not [n for n in tiny if zoo.split_seed(n)[1] is not None] and "gpt2-scratch-2x" not in tiny
     assert {"hamt-seed2", "gpt2-scratch-seed2", "llama-scratch-seed2", "mamba-scratch-seed2", "gpt2-scratch-2x"} <= set(study)
+
+
+@pytest.mark.parametrize("profile", ["tiny", "33m"])
+def test_the_speed_probes_gpt2_is_the_architecture_gpt2_scratch_trains(profile):
+    """compare's speed probe and `hamt bench model` time the GPT-2 that is trained, its position table extended to the
+    longest length: matching it again at 1,024 positions gave another shape (tiny: d 128 x 2 layers, not 96 x 7)."""
+    from hamt.bench.model import build_models
+
+    params = load_params(ROOT / "params.yaml", profile, [])
+    vocab = _vocab(params)
+    trained = zoo.model_config_for(params, "gpt2-scratch", vocab)
+    timed = build_models(params.model_config(vocab_size=vocab), 2048, "cpu")["gpt2"].config
+    assert (timed.n_embd, timed.n_layer, timed.n_head, timed.vocab_size) == (
+        trained.n_embd, trained.n_layer, trained.n_head, trained.vocab_size)
+    assert timed.n_positions == max(2048, trained.n_positions)

@@ -62,19 +62,16 @@ def speed_probe(params, *, device=None) -> dict:
         return {"status": "skipped", "reason": "compare.speed_seq_lens is empty"}
     import statistics
 
-    import hamt.model  # noqa: F401
-    from transformers import AutoModelForCausalLM
-
     from hamt import runtime
+    from hamt.bench.model import build_models
     from hamt.metrics import systems
-    from hamt.baselines import matched_gpt2_config
     from hamt.tokens import read_meta
 
     device = device or runtime.resolve_device(params.train.device)
     vocab = int(read_meta(params.tokenizer.tokens_dir)["vocab_size"])
-    hamt_cfg = params.model_config(vocab_size=vocab)
-    models = {"hamt": AutoModelForCausalLM.from_config(hamt_cfg).to(device),
-              "gpt2": AutoModelForCausalLM.from_config(matched_gpt2_config(hamt_cfg, n_positions=max(cp.speed_seq_lens))).to(device)}
+    # the GPT-2 that gpt2-scratch trains, its position table extended to the longest length (matching it again at
+    # 1,024 positions would give a different, shallower architecture: d 128 x 2 layers instead of d 96 x 7 at tiny)
+    models = build_models(params.model_config(vocab_size=vocab), max(cp.speed_seq_lens), device)
     budget = params.train.micro_batch_size * cp.eval_context
     rows = []
     for T in cp.speed_seq_lens:
