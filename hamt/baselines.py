@@ -117,3 +117,22 @@ def matched_config(arch: str, config: HAMTConfig, n_positions: int | None = None
 def matched_gpt2_config(config: HAMTConfig, n_positions: int | None = None, target: int | None = None):
     """A ``GPT2Config`` matched to HAMT (``matched_config("gpt2", ...)``)."""
     return matched_config("gpt2", config, n_positions=n_positions, target=target)
+
+
+def hamt_and_matched_gpt2(config, seq_len: int, device) -> dict:
+    """{"hamt": HAMTForCausalLM(config), "gpt2": its matched GPT-2 with positions for ``seq_len``}, training mode: the
+    pair every speed measurement times (``hamt bench model``, compare's speed probe). The GPT-2 is the architecture
+    ``gpt2-scratch`` trains, its position table extended to ``seq_len``; matching it again at that length would give
+    another shape (tiny, 1,024 positions: d 128 x 2 layers instead of d 96 x 7)."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from hamt.model import HAMTForCausalLM
+
+    torch.manual_seed(0)
+    hamt = HAMTForCausalLM(config).to(device).train()
+    gcfg = matched_gpt2_config(config)
+    gcfg.n_positions = max(gcfg.n_positions, seq_len)  # same architecture, longer position table
+    gcfg._attn_implementation = "sdpa"
+    gpt2 = GPT2LMHeadModel(gcfg).to(device).train()
+    return {"hamt": hamt, "gpt2": gpt2}

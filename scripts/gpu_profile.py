@@ -7,7 +7,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hamt.bench.model import build_models
+from hamt.baselines import hamt_and_matched_gpt2
 from hamt.config import HAMTConfig
 from hamt.metrics.systems import train_step
 
@@ -18,7 +18,7 @@ ap.add_argument("--seq-len", type=int, default=1024)
 ap.add_argument("--rows", type=int, default=25)
 a = ap.parse_args()
 dev = torch.device("cuda")
-model = build_models(HAMTConfig.from_preset(a.preset), a.seq_len, dev)["hamt"]  # what hamt bench model times
+model = hamt_and_matched_gpt2(HAMTConfig.from_preset(a.preset), a.seq_len, dev)["hamt"]  # what hamt bench model times
 x = torch.randint(0, model.config.vocab_size, (a.batch, a.seq_len), device="cuda")
 step = train_step(model, x, device=dev, precision="bf16")
 for _ in range(2):

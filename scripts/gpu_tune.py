@@ -16,7 +16,7 @@ import statistics
 import torch
 
 from hamt.bench.memory import copy_bandwidth, memory_inputs, memory_io_bytes, memory_step_fns
-from hamt.bench.model import build_models
+from hamt.baselines import hamt_and_matched_gpt2
 from hamt.config import HAMTConfig
 from hamt.metrics.systems import timed, train_throughput
 from hamt.ops import triton as tm
@@ -72,7 +72,7 @@ def _tuned(fn, chunk: int):
 variants = {"hamt (default)": orig, f"hamt (chunk={best})": _tuned(orig, chunk=best)}
 print("\n| T | model | tok/s |\n|---|---|---|")
 for T in a.model_seq_lens:
-    models = build_models(cfg, T, dev)
+    models = hamt_and_matched_gpt2(cfg, T, dev)
     B = max(1, a.tokens_per_step // T)
     runs = {name: ("hamt", fn) for name, fn in variants.items()} | {"gpt2": ("gpt2", None)}
     tok_s = {k: [] for k in runs}

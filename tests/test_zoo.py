@@ -131,12 +131,12 @@ def test_tiny_leaves_out_the_seed_runs_and_the_2x_the_study_trains():
 def test_the_speed_probes_gpt2_is_the_architecture_gpt2_scratch_trains(profile):
     """compare's speed probe and `hamt bench model` time the GPT-2 that is trained, its position table extended to the
     longest length: matching it again at 1,024 positions gave another shape (tiny: d 128 x 2 layers, not 96 x 7)."""
-    from hamt.bench.model import build_models
+    from hamt.baselines import hamt_and_matched_gpt2
 
     params = load_params(ROOT / "params.yaml", profile, [])
     vocab = _vocab(params)
     trained = zoo.model_config_for(params, "gpt2-scratch", vocab)
-    timed = build_models(params.model_config(vocab_size=vocab), 2048, "cpu")["gpt2"].config
+    timed = hamt_and_matched_gpt2(params.model_config(vocab_size=vocab), 2048, "cpu")["gpt2"].config
     assert (timed.n_embd, timed.n_layer, timed.n_head, timed.vocab_size) == (
         trained.n_embd, trained.n_layer, trained.n_head, trained.vocab_size)
     assert timed.n_positions == max(2048, trained.n_positions)

@@ -20,25 +20,9 @@ import statistics
 import sys
 from typing import Any, Callable
 
+from hamt.baselines import hamt_and_matched_gpt2
 from hamt.bench.meta import header, progress
 from hamt.tables import md_table
-
-
-def build_models(config, seq_len: int, device) -> dict:
-    """{"hamt": HAMTForCausalLM(config), "gpt2": its matched GPT-2 with positions for ``seq_len``}, training mode."""
-    import torch
-    from transformers import GPT2LMHeadModel
-
-    from hamt.baselines import matched_gpt2_config
-    from hamt.model import HAMTForCausalLM
-
-    torch.manual_seed(0)
-    hamt = HAMTForCausalLM(config).to(device).train()
-    gcfg = matched_gpt2_config(config)
-    gcfg.n_positions = max(gcfg.n_positions, seq_len)  # same architecture, longer position table
-    gcfg._attn_implementation = "sdpa"
-    gpt2 = GPT2LMHeadModel(gcfg).to(device).train()
-    return {"hamt": hamt, "gpt2": gpt2}
 
 
 def saved_activation_bytes(model, fn: Callable[[], Any]) -> int:
@@ -95,7 +79,7 @@ def bench_model(config, opts: dict, device) -> list[dict]:
     bar = progress(len(opts["seq_lens"]) * (2 * (reps + 2)), "bench model")
     for T in opts["seq_lens"]:
         B = max(1, opts["tokens_per_step"] // T)
-        models = build_models(config, T, device)
+        models = hamt_and_matched_gpt2(config, T, device)
         runs, extra = {}, {}
         for name, m in models.items():
             opt = systems.probe_optimizer(m, device, opts["lr"]) if opts["optimizer"] else False

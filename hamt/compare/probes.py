@@ -63,7 +63,7 @@ def speed_probe(params, *, device=None) -> dict:
     import statistics
 
     from hamt import runtime
-    from hamt.bench.model import build_models
+    from hamt.baselines import hamt_and_matched_gpt2
     from hamt.metrics import systems
     from hamt.tokens import read_meta
 
@@ -71,7 +71,7 @@ def speed_probe(params, *, device=None) -> dict:
     vocab = int(read_meta(params.tokenizer.tokens_dir)["vocab_size"])
     # the GPT-2 that gpt2-scratch trains, its position table extended to the longest length (matching it again at
     # 1,024 positions would give a different, shallower architecture: d 128 x 2 layers instead of d 96 x 7 at tiny)
-    models = build_models(params.model_config(vocab_size=vocab), max(cp.speed_seq_lens), device)
+    models = hamt_and_matched_gpt2(params.model_config(vocab_size=vocab), max(cp.speed_seq_lens), device)
     budget = params.train.micro_batch_size * cp.eval_context
     rows = []
     for T in cp.speed_seq_lens:
