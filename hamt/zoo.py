@@ -159,8 +159,8 @@ def not_planned_reason(params, name: str) -> str | None:
     one of compare.trained at all (then nothing decides against training it)."""
     if name in training_plan(params) or name not in pipeline_models(params):
         return None
-    return (f"not in profile {params.profile}'s compare.plan (trained by a profile that plans it, e.g. "
-            f"`--profile study`)")
+    return (f"not in profile {params.profile}'s compare.plan (add it there, or set compare.plan to null to train "
+            f"every model of compare.trained)")
 
 
 def evaluation_plan(params, baselines: list[str] | None = None) -> list[str]:
