@@ -42,10 +42,11 @@ def _save(fig, path: Path) -> Path:
 
 
 def _model_colors(names) -> dict[str, str]:
-    """One colour per model; a ``-seed<N>`` run takes its model's colour (HAMT red)."""
+    """One colour per model, the same in every figure that uses it (assigned in name order); a ``-seed<N>`` run takes
+    its model's colour (HAMT red)."""
     from hamt.zoo import split_seed
 
-    bases = list(dict.fromkeys(split_seed(n)[0] for n in names))
+    bases = sorted({split_seed(n)[0] for n in names})
     by_base = {b: _color(b, i) for i, b in enumerate(bases)}
     return {n: by_base[split_seed(n)[0]] for n in names}
 
@@ -96,6 +97,7 @@ def plot_quality(results: dict, out: Path) -> Path | str:
         return "no evaluated model (results/compare/results.json)"
     plt = _plt()
     names = [r["name"] for r in rows]
+    colors = _model_colors(names)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     for ax, key, label in zip(axes, ("ppl", "bpb", "word_ppl"), ("token perplexity", "bits per byte", "word perplexity")):
         vals = [r.get(key) or 0.0 for r in rows]
@@ -104,8 +106,7 @@ def plot_quality(results: dict, out: Path) -> Path | str:
             vals = [r["bpb_mean"] if r.get("bpb_mean") is not None else v for r, v in zip(rows, vals)]
             errs = [r.get("bpb_std") or 0.0 for r in rows]
             label = "bits per byte (mean ± std over seeds)"
-        bars = ax.bar(range(len(rows)), vals, yerr=errs, capsize=3 if errs else 0,
-                      color=[_color(r["name"], i) for i, r in enumerate(rows)])
+        bars = ax.bar(range(len(rows)), vals, yerr=errs, capsize=3 if errs else 0, color=[colors[n] for n in names])
         ax.set_xticks(range(len(rows)), names, rotation=35, ha="right", fontsize=8)
         ax.set_title(label)
         ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 1000 else f"{v:.4g}", fontsize=7)
