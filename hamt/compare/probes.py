@@ -69,9 +69,8 @@ def speed_probe(params, *, device=None) -> dict:
 
     device = device or runtime.resolve_device(params.train.device)
     vocab = int(read_meta(params.tokenizer.tokens_dir)["vocab_size"])
-    # the GPT-2 that gpt2-scratch trains, its position table extended to the longest length (matching it again at
-    # 1,024 positions would give a different, shallower architecture: d 128 x 2 layers instead of d 96 x 7 at tiny)
-    models = hamt_and_matched_gpt2(params.model_config(vocab_size=vocab), max(cp.speed_seq_lens), device)
+    models = hamt_and_matched_gpt2(  # the GPT-2 that gpt2-scratch trains, positions extended (see its docstring)
+        params.model_config(vocab_size=vocab), max(cp.speed_seq_lens), device)
     budget = params.train.micro_batch_size * cp.eval_context
     rows = []
     for T in cp.speed_seq_lens:
