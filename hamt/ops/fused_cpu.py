@@ -9,13 +9,14 @@ also strided views of one projection (the model's layout: read in place, no copi
 The chunked path (chunk.py) is bound by memory traffic: every per-slot (S x F per token) tensor is
 written and read again by separate PyTorch ops, ~30 times per token over forward and backward.
 This kernel is the CPU counterpart of the Triton kernel: sequential in time within a (batch, head)
-row, with the S x F state in a small local buffer that stays in cache, rows split over
-torch.get_num_threads() threads (ctypes releases the GIL). Forward stores the state every
-``chunk_size`` steps; backward recomputes a chunk's states from its checkpoint and walks it
-backwards, so memory is O(T / chunk_size) states, as in the chunked path. It is plain C compiled
-on first use with the system C compiler, cached by the .c file's content, the compiler, its flags and
-the CPU (_library_path); without a compiler, ``memory_scan(mode="auto")`` falls back to the chunked
-path (see cpu_kernel_status()).
+row, with the S x F state in a small local buffer that stays in cache. It runs a block of rows at
+once, one per SIMD lane, so the slot permutation is an index into contiguous vectors rather than a
+gather (csrc/memory_scan.c's header); blocks are split over torch.get_num_threads() threads (ctypes
+releases the GIL). Forward stores the state every ``chunk_size`` steps; backward recomputes a chunk's
+states from its checkpoint and walks it backwards, so memory is O(T / chunk_size) states, as in the
+chunked path. It is plain C compiled on first use with the system C compiler, cached by the .c file's
+content, the compiler, its flags and the CPU (_library_path); without a compiler,
+``memory_scan(mode="auto")`` falls back to the chunked path (see cpu_kernel_status()).
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def _compile_cpu_kernel():
     p, i, d = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     for sfx in ("_f32", "_f64"):
         fwd, bwd = getattr(lib, "hamt_scan_fwd" + sfx), getattr(lib, "hamt_scan_bwd" + sfx)
-        fwd.argtypes, fwd.restype = [i] * 9 + [p] * 13 + [d], None
-        bwd.argtypes, bwd.restype = [i] * 10 + [p] * 21 + [d], None
+        fwd.argtypes, fwd.restype = [i] * 10 + [p] * 13 + [d], i
+        bwd.argtypes, bwd.restype = [i] * 11 + [p] * 20 + [d], i
+        getattr(lib, "hamt_scan_lanes" + sfx).restype = i
     return lib
 
 
@@ -138,15 +140,24 @@ def _ptr(t: Tensor | None):
     return None if t is None else t.data_ptr()
 
 
-def _run_rows(fn, N: int, *args) -> None:
-    """fn(n0, n1, *args) over row ranges, on torch.get_num_threads() threads."""
-    nt = max(1, min(torch.get_num_threads(), N))
+def _lanes(x: Tensor) -> int:
+    """Rows the kernel runs side by side (one per SIMD lane) for ``x``'s precision."""
+    return getattr(_cpu_kernel_lib, "hamt_scan_lanes" + _sfx(x))()
+
+
+def _run_blocks(fn, N: int, lanes: int, *args) -> None:
+    """fn(k0, k1, N, *args) over the ceil(N / lanes) blocks of rows, on torch.get_num_threads() threads;
+    a MemoryError if the kernel could not allocate its buffers."""
+    nblk = -(-N // lanes)
+    nt = max(1, min(torch.get_num_threads(), nblk))
+    bounds = [nblk * i // nt for i in range(nt + 1)]
     if nt == 1:
-        fn(0, N, *args)
-        return
-    bounds = [N * i // nt for i in range(nt + 1)]
-    with concurrent.futures.ThreadPoolExecutor(nt) as pool:
-        list(pool.map(lambda i: fn(bounds[i], bounds[i + 1], *args), range(nt)))
+        codes = [fn(0, nblk, N, *args)]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(nt) as pool:
+            codes = list(pool.map(lambda i: fn(bounds[i], bounds[i + 1], N, *args), range(nt)))
+    if any(codes):
+        raise MemoryError("the fused CPU memory kernel could not allocate its buffers")
 
 
 def _sfx(x: Tensor) -> str:
@@ -188,10 +199,11 @@ def _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, eps, keep: bool)
     r = q.new_empty(B, T, H, F, 2)
     u = q.new_empty(B, T, H, F, 2) if c is not None else None
     st1 = q.new_empty(B, H, S, F, dtype=cplx)
-    ckpt = q.new_empty(N, -(-T // chunk), S, F, 2) if keep else None
+    lanes = _lanes(q)
+    ckpt = q.new_empty(-(-N // lanes), -(-T // chunk), S, F, 2, lanes) if keep else None  # block layout
     fn = getattr(_cpu_kernel_lib, "hamt_scan_fwd" + _sfx(q))
-    _run_rows(fn, N, T, S, F, chunk, H, ts, eps is not None,
-              *map(_ptr, [q, k, v, *gates, perm32, st0, r, u, st1, ckpt]), eps or 0.0)
+    _run_blocks(fn, N, lanes, T, S, F, chunk, H, ts, eps is not None,
+                *map(_ptr, [q, k, v, *gates, perm32, st0, r, u, st1, ckpt]), eps or 0.0)
     return (r, u, st1), ([q, k, v, *gates], ts, perm32, ckpt)
 
 
@@ -214,16 +226,14 @@ class _FusedCPUScan(torch.autograd.Function):
         q = ins[0]
         B, T, H, F, _ = q.shape
         S, N = perm32.shape[0], B * H
-        inv32 = perm32.long().argsort(-1).to(torch.int32).contiguous()
-        zeros = q.new_zeros(B, T, H, F, 2)
-        gr = _flat(gr) if gr is not None else zeros
-        gu = (_flat(gu) if gu is not None else zeros) if ctx.has_c else None
+        gr = _flat(gr) if gr is not None else q.new_zeros(B, T, H, F, 2)
+        gu = (_flat(gu) if gu is not None else q.new_zeros(B, T, H, F, 2)) if ctx.has_c else None
         grads = [q.new_empty(B, T, H, F, 2) for _ in range(3)] + [None if x is None else torch.empty_like(x)
                                                                   for x in ins[3:]]
         gs0 = ckpt.new_empty(B, H, S, F, 2)
         fn = getattr(_cpu_kernel_lib, "hamt_scan_bwd" + _sfx(q))
-        _run_rows(fn, N, T, S, F, ctx.chunk, H, ctx.ts, H * 2 * F, ctx.eps is not None,
-                  *map(_ptr, [*ins, perm32, inv32, ckpt, gr, gu, _flat(gstate), *grads, gs0]), ctx.eps or 0.0)
+        _run_blocks(fn, N, _lanes(q), T, S, F, ctx.chunk, H, ctx.ts, H * 2 * F, ctx.eps is not None,
+                    *map(_ptr, [*ins, perm32, ckpt, gr, gu, _flat(gstate), *grads, gs0]), ctx.eps or 0.0)
         gs0 = torch.view_as_complex(gs0) if ctx.has_state else None
         return (*grads, gs0, None, None, None)
 
@@ -236,7 +246,7 @@ def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size:
     the state is complex either way). ``normalize``: None when q and k are already unitary, else the eps
     of ``unitary`` that the kernel applies to them first. ``chunk_size``: time steps between the states
     saved for the backward, which recomputes a chunk's states from its saved start (a (chunk_size + 1, S, F)
-    buffer per thread)."""
+    buffer of vectors, one lane per row of a block, per thread)."""
     chunk = check_chunk_size(chunk_size)
     ok, why = cpu_kernel_status()
     if not ok:

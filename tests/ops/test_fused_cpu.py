@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from scan_helpers import TOL, assert_grads_match_reference, make_inputs
+from scan_helpers import GRAD_TOL, TOL, assert_grads_match_reference, make_inputs, rel_err
 
 import hamt.ops
 import hamt.ops.fused_cpu as fused_cpu
@@ -38,6 +38,47 @@ def test_fused_cpu_matches_reference_forward(dtype, T, chunk, with_state):
 @pytest.mark.parametrize("T,chunk,S,with_c", [(13, 4, 3, True), (24, 8, 1, False), (41, 16, 2, True)])
 def test_fused_cpu_matches_reference_gradients(dtype, T, chunk, S, with_c):
     assert_grads_match_reference(functools.partial(_fused, chunk_size=chunk), dtype, T, S, with_c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_cpu_blocks_of_rows_in_the_models_layout(dtype):
+    """The kernel runs its rows (batch x head) a block of SIMD lanes at a time. 18 rows (two full blocks and a
+    partial one at 8 lanes), raw pairs read in place from one (B, T, 3, H, F, 2) projection with normalize=eps,
+    on 1 and 2 threads, match the float64 reference: outputs, final state and every gradient."""
+    B, T, H, S, F = 3, 21, 6, 3, 7
+    x = make_inputs(B, T, H, S, F, torch.float64, seed=3)
+    proj = torch.randn(B, T, 3, H, F, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    weights = [torch.randn(B, T, H, F, 2, dtype=torch.float64) for _ in range(2)] + [torch.randn(B, H, S, F, 2,
+                                                                                                   dtype=torch.float64)]
+
+    def run(mode, cast):
+        leaves = {n: cast(t).detach().clone().requires_grad_() for n, t in
+                  (("proj", proj), *((n, x[n]) for n in ("log_f", "w", "b", "c", "state")))}
+        q, k, v = leaves["proj"].unbind(2)
+        if mode == "cpu":
+            ok, why = cpu_kernel_status()
+            if not ok:
+                pytest.skip(f"fused CPU kernel unavailable: {why}")
+        r, u, st = memory_scan(q, k, v, leaves["log_f"], leaves["w"], leaves["b"], x["perm"], leaves["state"],
+                               leaves["c"], mode=mode, chunk_size=8, normalize=1e-6)
+        outs = [r, u, torch.view_as_real(st)]
+        sum((o.double() * wt).sum() for o, wt in zip(outs, weights)).backward()
+        return [o.detach().double() for o in outs], {n: t.grad.double() for n, t in leaves.items()}
+
+    ref_out, ref_grad = run("reference", lambda t: t)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out, grad = run("cpu", lambda t: t.to(dtype) if t.is_floating_point() else t.to(
+                torch.complex64 if dtype == torch.float32 else torch.complex128))
+            for a, b in zip(out, ref_out):
+                torch.testing.assert_close(a, b, **TOL[dtype])
+            assert set(grad) == set(ref_grad)
+            errors = {k: rel_err(grad[k], ref_grad[k]) for k in grad}
+            assert all(e < GRAD_TOL[dtype] for e in errors.values()), errors
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_fused_cpu_threads_and_auto_mode():
