@@ -2,6 +2,7 @@
 build cache, and the chunked fallback where it cannot be built."""
 
 import functools
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,10 @@ def test_fused_cpu_blocks_of_rows_in_the_models_layout(dtype):
     """The kernel runs its rows (batch x head) a block of SIMD lanes at a time. 18 rows (two full blocks and a
     partial one at 8 lanes), raw pairs read in place from one (B, T, 3, H, F, 2) projection with normalize=eps,
     on 1 and 2 threads, match the float64 reference: outputs, final state and every gradient."""
+    _check_blocks_of_rows(dtype)
+
+
+def _check_blocks_of_rows(dtype):
     B, T, H, S, F = 3, 21, 6, 3, 7
     x = make_inputs(B, T, H, S, F, torch.float64, seed=3)
     proj = torch.randn(B, T, 3, H, F, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
@@ -130,6 +135,19 @@ def test_float64_gradcheck_of_fused_cpu_kernel():
         r, _, s = memory_fused_cpu(**{**x, **dict(zip(names, args))}, chunk_size=4)
         return torch.view_as_real(r), torch.view_as_real(s)
     assert torch.autograd.gradcheck(f, [x[n].clone().requires_grad_() for n in names])
+
+
+def test_fused_cpu_without_shuffles_matches_reference(fresh_kernel, monkeypatch):
+    """The kernel built with -DHAMT_NO_SHUFFLE moves rows in and out of the lanes with plain loops (what a
+    compiler without __builtin_shufflevector builds): the same results as the reference."""
+    monkeypatch.setattr(fused_cpu, "_CPU_KERNEL_FLAGS", fused_cpu._CPU_KERNEL_FLAGS + ["-DHAMT_NO_SHUFFLE"])
+    fused_cpu._flags.cache_clear()
+    try:
+        for dtype in (torch.float64, torch.float32):
+            _check_blocks_of_rows(dtype)
+        assert "-DHAMT_NO_SHUFFLE" in fused_cpu._flags(shutil.which("cc") or shutil.which("gcc") or "cc")
+    finally:
+        fused_cpu._flags.cache_clear()
 
 
 # --- build: the packaged source, the cache, the fallback -------------------------------------------

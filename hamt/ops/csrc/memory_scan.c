@@ -57,9 +57,9 @@ static void FN(row_offsets)(int64_t n0, int64_t nv, int64_t T, int64_t H, int64_
 
 /* Moving rows in and out of the lanes is a transpose: with __builtin_shufflevector (Clang, GCC >= 12)
    an 8 x 8 tile is 8 vector loads, 24 shuffles and 8 vector stores instead of 64 scalar loads and
-   stores (the scalar loops were a third of the kernel's time). Elsewhere, and for a row's last n % 8
-   reals, plain loops do it. */
-#if LANES == 8 && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+   stores (the scalar loops were a third of the kernel's time). Elsewhere (or built with
+   -DHAMT_NO_SHUFFLE, as a test does), and for a row's last n % 8 reals, plain loops do it. */
+#if LANES == 8 && !defined(HAMT_NO_SHUFFLE) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
 #define TILE 8
 /* Transpose the 8 x 8 tile r (r[i][j] -> r[j][i]): three rounds of interleaving rows i and i + 4. */
 static inline __attribute__((always_inline)) void FN(transpose8)(V *r) {
