@@ -57,6 +57,13 @@ def test_every_claim_supported_when_the_results_support_it():
     assert {k: x for k, x in v.items() if x != S} == {find(base_results(), "74%"): N}
 
 
+def _bench_pairs(ratios: list[float]) -> list[dict]:
+    """``hamt bench model`` rows at T = 1,024 whose alternating repeats give these HAMT/GPT-2 speed ratios."""
+    med = sorted(ratios)[len(ratios) // 2]
+    return [{"model": m, "seq_len": 1024, "tokens_per_s": 1.0, "hamt_speedup_vs_gpt2": med, "device": "X",
+             "step_ms_all": [1.0] * len(ratios) if m == "hamt" else list(ratios)} for m in ("hamt", "gpt2")]
+
+
 FLIPS = [
     ("33.67M", lambda r: r["presets"].update({"33m": 32_698_144}), R),
     ("~100M", lambda r: r["presets"].update({"100m": 130_000_000}), R),
@@ -82,6 +89,11 @@ FLIPS = [
     ("speedup", lambda r: r.update(bench={"model": [
         {"model": m, "seq_len": T, "tokens_per_s": 1.0, "hamt_speedup_vs_gpt2": 1.5, "device": "X"}
         for m in ("hamt", "gpt2") for T in (1024, 4096)]}), R),
+    # with per-repeat step times, every paired repeat must clear 2x; repeats straddling 2x are inside the spread
+    ("speedup", lambda r: r.update(bench={"model": _bench_pairs([1.9, 2.1, 2.2])}), N),
+    ("speedup", lambda r: r.update(bench={"model": _bench_pairs([1.5, 1.9, 1.8])}), R),
+    ("speedup", lambda r: r.update(bench={"model": _bench_pairs([2.01, 2.3, 2.2])}) or
+     r["speed"]["rows"][4].update(train_tok_s=2000.0), S),
     ("constant memory", lambda r: r.update(bench={"decode": [
         {"model": "hamt", "context": c, "state_bytes": 1000 + c, "ms_per_token": 1.0} for c in (256, 4096)]}), R),
     ("slot", lambda r: r["compare"]["rows"][0].update(slot_active_fraction=0.75), R),
