@@ -60,10 +60,13 @@ def bench_decode(config, opts: dict, device) -> list[dict]:
             for _ in range(2):  # warm-up of both (the GPT-2 cache grows by these tokens, like generation)
                 cache = hamt(input_ids=tok, cache=cache, use_cache=True).cache
                 gpt2(input_ids=tok, cache=kv, use_cache=True)
-            times = {"hamt": [], "gpt2": []}
-            for _ in range(steps):  # alternate single-token steps of the two models
-                times["hamt"].append(timed(lambda: hamt(input_ids=tok, cache=cache, use_cache=True), device))
-                times["gpt2"].append(timed(lambda: gpt2(input_ids=tok, cache=kv, use_cache=True), device))
+            # Each model's steps back to back: alternating single steps let GPT-2's KV cache (22 MB at 4,096 tokens)
+            # evict HAMT's weights from the CPU caches between its steps, which made HAMT's step look 1.3x slower
+            # from 256 to 4,096 tokens of context (tiny, 1 thread; alone it was flat: BENCHMARKS.md, 2026-12-08).
+            times = {"hamt": [timed(lambda: hamt(input_ids=tok, cache=cache, use_cache=True), device)
+                              for _ in range(steps)],
+                     "gpt2": [timed(lambda: gpt2(input_ids=tok, cache=kv, use_cache=True), device)
+                              for _ in range(steps)]}
             hamt_state_after = cache_nbytes(cache)
         bar.update(1)
         for name, state, after, how in (
@@ -92,5 +95,5 @@ def render(rows: list[dict], info: dict) -> str:
     const = "constant" if len(sizes) == 1 else f"NOT constant ({sizes})"
     note = (f"\n\nHAMT state (memory + conv tail, all layers): {const} across contexts; HAMT prefilled for real "
             f"in chunks, GPT-2's KV cache synthesised at the context (a step's cost depends on its size only). "
-            f"Medians of {rows[0]['steps']} alternating single-token steps.\n")
+            f"Medians of {rows[0]['steps']} single-token steps, each model's back to back.\n")
     return header(info) + title + body + note
