@@ -203,10 +203,13 @@ static inline __attribute__((always_inline)) void FN(step_fwd)(V *restrict M, co
     }
 }
 
-/* The token's inputs kept per step of a chunk (the backward recomputes them with the states). */
+/* Vectors one token's inputs take: q, k, v (2 F each), the norms of q and k (F each), fd, w, b, c (S each). */
+static int64_t FN(token_size)(int64_t S, int64_t F) { return 8 * F + 1 + 3 * S; }
+
+/* The j-th token's inputs in a buffer of token_size vectors per token (the forward keeps one; the backward
+   keeps a chunk's, recomputed with its states). */
 static FN(token) FN(token_at)(V *base, int64_t j, int64_t S, int64_t F) {
-    int64_t per = 8 * F + 1 + 3 * S;
-    V *p = base + j * per;
+    V *p = base + j * FN(token_size)(S, F);
     FN(token) x = {p, p + 2 * F, p + 4 * F, p + 6 * F, p + 7 * F, p + 8 * F, p + 8 * F + 1, p + 8 * F + 1 + S,
                    p + 8 * F + 1 + 2 * S};
     return x;
@@ -224,15 +227,15 @@ int64_t FN(hamt_scan_fwd)(int64_t k0, int64_t k1, int64_t N, int64_t T, int64_t 
                           const REAL *b, const REAL *c, const int32_t *perm, const REAL *state0,
                           REAL *r, REAL *u, REAL *state1, REAL *ckpt, double eps_) {
     REAL eps = (REAL)eps_;
-    int64_t SF = S * F, nck = (T + C - 1) / C;
-    V *buf = FN(valloc)(2 * SF + 4 * F + 8 * F + 1 + 3 * S);
+    int64_t SF = S * F, nck = (T + C - 1) / C, total = 2 * SF + 4 * F + FN(token_size)(S, F);
+    V *buf = FN(valloc)(total);
     if (!buf) return 1;
     V *M = buf, *R = M + 2 * SF, *U = R + 2 * F;
     FN(token) x = FN(token_at)(U + 2 * F, 0, S, F);
     int64_t tok[LANES], qkv[LANES];
     for (int64_t blk = k0; blk < k1; blk++) {
         int64_t n0 = blk * LANES, nv = N - n0 < LANES ? N - n0 : LANES;
-        memset(buf, 0, sizeof(V) * (2 * SF + 4 * F + 8 * F + 1 + 3 * S));
+        memset(buf, 0, sizeof(V) * total);
         FN(row_offsets)(n0, nv, T, H, F, ts, tok, qkv);
         if (state0) {
             int64_t st[LANES];
@@ -331,13 +334,13 @@ int64_t FN(hamt_scan_bwd)(int64_t k0, int64_t k1, int64_t N, int64_t T, int64_t 
                           REAL *gq, REAL *gk, REAL *gv, REAL *glf, REAL *gw, REAL *gb, REAL *gc, REAL *gstate0,
                           double eps_) {
     REAL eps = (REAL)eps_;
-    int64_t SF = S * F, nck = (T + C - 1) / C, per = 8 * F + 1 + 3 * S;
-    int64_t total = 2 * (C + 1) * SF + C * per + 2 * SF + 10 * F + 3 * S;
+    int64_t SF = S * F, nck = (T + C - 1) / C;
+    int64_t total = 2 * (C + 1) * SF + C * FN(token_size)(S, F) + 2 * SF + 10 * F + 3 * S;
     V *buf = FN(valloc)(total);
     if (!buf) return 1;
     V *Ms = buf;                        /* the chunk's C + 1 states */
     V *toks = Ms + 2 * (C + 1) * SF;    /* its C tokens' inputs (token_at) */
-    V *dM = toks + C * per, *dQ = dM + 2 * SF, *dK = dQ + 2 * F, *dV = dK + 2 * F;
+    V *dM = toks + C * FN(token_size)(S, F), *dQ = dM + 2 * SF, *dK = dQ + 2 * F, *dV = dK + 2 * F;
     V *E = dV + 2 * F, *Hu = E + 2 * F, *gbv = Hu + 2 * F, *gcv = gbv + S, *gwv = gcv + S;
     int64_t tok[LANES], qin[LANES], qout[LANES];
     for (int64_t blk = k0; blk < k1; blk++) {
