@@ -94,8 +94,9 @@ def bench_model(config, opts: dict, device) -> list[dict]:
             if opts["compile"]:  # two untimed steps compile it
                 compiled, compile_error = compile_model(
                     m, lambda cm: systems.train_throughput(cm, B, T, steps=1, warmup=1, **measure))
-            runs[name] = (compiled or m, measure)
-            mem = systems.train_throughput(compiled or m, B, T, steps=1, warmup=0, memory="allocator", **measure)
+            run = m if compiled is None else compiled  # not `compiled or m`: a compiled module has no truth value
+            runs[name] = (run, measure)
+            mem = systems.train_throughput(run, B, T, steps=1, warmup=0, memory="allocator", **measure)
             extra[name] = dict(activation_mb=act / 2**20, peak_mb=mem["mem_delta_mb"], peak_how=mem["mem_source"],
                                compiled=compiled is not None, compile_error=compile_error)
             bar.update(2)

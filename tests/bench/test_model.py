@@ -115,6 +115,22 @@ def test_compile_failure_is_measured_eager_and_recorded(tmp_path, monkeypatch):
     assert "GPT-2 eager (RuntimeError: no compiler here)" in (tmp_path / "model.md").read_text()
 
 
+def test_compiled_models_are_measured(tmp_path, monkeypatch):
+    """A successful torch.compile is timed: the compiled module (which has no truth value: ``compiled or model``
+    raised TypeError in torch 2.13) is what runs. The eager backend stands in for Inductor, to stay fast."""
+    import torch
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, *a, **k: compile_(model, backend="eager"))
+    argv = ["bench", "model", "--params", str(ROOT / "params.yaml"), *MICRO, "--seq-lens", "16",
+            "--tokens-per-step", "32", "--compile", "--memory-mode", "chunk",
+            "--results-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    rows = json.loads((tmp_path / "model.json").read_text())
+    assert {r["model"] for r in rows} == {"hamt", "gpt2"}
+    assert all(r["compiled"] is True and r["compile_error"] is None and r["tokens_per_s"] > 0 for r in rows)
+
+
 def test_flops_and_mfu_of_the_trainer_equal_the_bench(tmp_path, monkeypatch):
     """The issue's "done when": for the same model and shape, the trainer's metrics.json and the bench's
     row (with the trainer's step: --optimizer) have the same FLOPs/token and the same MFU definition."""
