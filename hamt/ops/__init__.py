@@ -42,7 +42,8 @@ states never exist for more than one block at a time.
 whole S x F state on chip, no atomics, registered as torch.library ops (torch.compile sees through it);
 chosen by ``auto`` on CUDA.
 ``mode="cpu"`` is a fused C kernel for the CPU (compiled on first use, state in cache, sequential in
-time within a row, rows over threads); chosen by ``auto`` on CPU when it builds, else ``chunk``.
+time, a block of rows in the SIMD lanes, blocks over threads; torch.library ops, so torch.compile sees
+through it); chosen by ``auto`` on CPU when it builds, else ``chunk``.
 
 ``chunk_size`` (one parameter, default DEFAULT_CHUNK_SIZE, passed to every path; the model passes
 ``HAMTConfig.chunk_size``) is the number of time steps per chunk: the unit in which a path walks time and

@@ -1,5 +1,6 @@
 """The fused CPU kernel of the memory scan (mode="cpu"): the C source in csrc/memory_scan.c, its build
-cache and its ctypes loader, and the autograd Function around its forward and backward.
+cache and its ctypes loader, and its forward and backward as two torch.library ops joined by
+register_autograd (so torch.compile traces through the dispatch to them: no graph break).
 
 Same contract as ``memory_reference`` (hamt/ops/naive.py); chosen by ``memory_scan(mode="auto")`` on
 CPU when it builds. Besides complex tensors it takes q, k, v as real (re, im) pairs (B, T, H, F, 2),
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 from importlib import resources
+from typing import Optional
 
 import torch
 
@@ -140,9 +142,17 @@ def _ptr(t: Tensor | None):
     return None if t is None else t.data_ptr()
 
 
+def _kernel(name: str, x: Tensor):
+    """The kernel's function ``name`` for ``x``'s precision (built on first use); RuntimeError if unavailable."""
+    ok, why = cpu_kernel_status()
+    if not ok:
+        raise RuntimeError(f"the fused CPU memory kernel is unavailable ({why}); use mode='chunk'")
+    return getattr(_cpu_kernel_lib, name + _sfx(x))
+
+
 def _lanes(x: Tensor) -> int:
     """Rows the kernel runs side by side (one per SIMD lane) for ``x``'s precision."""
-    return getattr(_cpu_kernel_lib, "hamt_scan_lanes" + _sfx(x))()
+    return _kernel("hamt_scan_lanes", x)()
 
 
 def _run_blocks(fn, N: int, lanes: int, *args) -> None:
@@ -186,56 +196,88 @@ def _qkv_layout(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor
     return q, k, v, H * 2 * F
 
 
-def _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, eps, keep: bool):
-    """q, k, v real pairs (B, T, H, F, 2); state complex or None. Returns (r, u pairs, final state), saved."""
+def _ckpt_shape(B: int, T: int, H: int, S: int, F: int, chunk: int, lanes: int) -> tuple[int, ...]:
+    """The saved chunk-start states, in the kernel's block layout: (blocks, chunks, S, F, 2, lanes)."""
+    return (-(-(B * H) // lanes), -(-T // chunk), S, F, 2, lanes)
+
+
+# The kernel as two torch.library ops (forward, and the chunk-recomputing backward) joined by register_autograd,
+# as the Triton path is: torch.compile sees two opaque ops with fake implementations, not a ctypes call.
+# Inputs are real pairs; the state is (B, H, S, F, 2) pairs; absent tensors are None in and empty out.
+@torch.library.custom_op("hamt::memory_scan_cpu_fwd", mutates_args=())
+def _scan_fwd(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, w: Tensor, b: Tensor, c: Optional[Tensor],
+              perm: Tensor, state: Optional[Tensor], chunk: int, eps: float, unit: bool,
+              save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """r, u (empty without c), final state (B, H, S, F, 2) and, when ``save``, the chunk-start states."""
     B, T, H, F, _ = q.shape
-    S, N = perm.shape[0], B * H
-    real = q.dtype  # the kernel's REAL
-    cplx = torch.complex64 if real == torch.float32 else torch.complex128
-    q, k, v, ts = _qkv_layout(q, k.to(real), v.to(real))
-    gates = [None if x is None else _flat(x.to(real)) for x in (log_f, w, b, c)]
-    perm32 = perm.to(torch.int32).contiguous()
-    st0 = None if state is None else _flat(state.to(cplx))
+    S = perm.shape[0]
+    q, k, v, ts = _qkv_layout(q, k, v)
+    gates = [None if x is None else _flat(x) for x in (log_f, w, b, c)]
     r = q.new_empty(B, T, H, F, 2)
-    u = q.new_empty(B, T, H, F, 2) if c is not None else None
-    st1 = q.new_empty(B, H, S, F, dtype=cplx)
+    u = q.new_empty(B, T, H, F, 2) if c is not None else q.new_empty(0)
+    sf = q.new_empty(B, H, S, F, 2)
     lanes = _lanes(q)
-    ckpt = q.new_empty(-(-N // lanes), -(-T // chunk), S, F, 2, lanes) if keep else None  # block layout
-    fn = getattr(_cpu_kernel_lib, "hamt_scan_fwd" + _sfx(q))
-    _run_blocks(fn, N, lanes, T, S, F, chunk, H, ts, eps is not None,
-                *map(_ptr, [q, k, v, *gates, perm32, st0, r, u, st1, ckpt]), eps or 0.0)
-    return (r, u, st1), ([q, k, v, *gates], ts, perm32, ckpt)
+    ck = q.new_empty(_ckpt_shape(B, T, H, S, F, chunk, lanes)) if save else q.new_empty(0)
+    # every buffer the kernel reads or writes, held here until it returns (a temporary's memory would be freed first)
+    bufs = [q, k, v, *gates, perm, _flat(state), r, u if c is not None else None, sf, ck if save else None]
+    _run_blocks(_kernel("hamt_scan_fwd", q), B * H, lanes, T, S, F, chunk, H, ts, unit, *map(_ptr, bufs), eps)
+    return r, u, sf, ck
 
 
-class _FusedCPUScan(torch.autograd.Function):
-    """The fused CPU kernel with its chunk-recomputing backward kernel, on real pairs."""
+@_scan_fwd.register_fake
+def _(q, k, v, log_f, w, b, c, perm, state, chunk, eps, unit, save):
+    B, T, H, F, _ = q.shape
+    S = perm.shape[0]
+    ck = _ckpt_shape(B, T, H, S, F, chunk, _lanes(q)) if save else (0,)
+    return (q.new_empty(B, T, H, F, 2), q.new_empty((B, T, H, F, 2) if c is not None else (0,)),
+            q.new_empty(B, H, S, F, 2), q.new_empty(ck))
 
-    @staticmethod
-    def forward(ctx, q, k, v, log_f, w, b, c, state, perm, chunk, eps):
-        (r, u, final), (ins, ts, perm32, ckpt) = _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, eps,
-                                                                keep=True)
-        ctx.save_for_backward(*[x for x in ins if x is not None], perm32, ckpt)
-        ctx.has_c, ctx.has_state, ctx.chunk, ctx.ts, ctx.eps = c is not None, state is not None, chunk, ts, eps
-        return r, u, final
 
-    @staticmethod
-    def backward(ctx, gr, gu, gstate):
-        saved = list(ctx.saved_tensors)
-        ins = saved[:6] + [saved[6] if ctx.has_c else None]
-        perm32, ckpt = saved[-2], saved[-1]
-        q = ins[0]
-        B, T, H, F, _ = q.shape
-        S, N = perm32.shape[0], B * H
-        gr = _flat(gr) if gr is not None else q.new_zeros(B, T, H, F, 2)
-        gu = (_flat(gu) if gu is not None else q.new_zeros(B, T, H, F, 2)) if ctx.has_c else None
-        grads = [q.new_empty(B, T, H, F, 2) for _ in range(3)] + [None if x is None else torch.empty_like(x)
-                                                                  for x in ins[3:]]
-        gs0 = ckpt.new_empty(B, H, S, F, 2)
-        fn = getattr(_cpu_kernel_lib, "hamt_scan_bwd" + _sfx(q))
-        _run_blocks(fn, N, _lanes(q), T, S, F, ctx.chunk, H, ctx.ts, H * 2 * F, ctx.eps is not None,
-                    *map(_ptr, [*ins, perm32, ckpt, gr, gu, _flat(gstate), *grads, gs0]), ctx.eps or 0.0)
-        gs0 = torch.view_as_complex(gs0) if ctx.has_state else None
-        return (*grads, gs0, None, None, None)
+@torch.library.custom_op("hamt::memory_scan_cpu_bwd", mutates_args=())
+def _scan_bwd(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, w: Tensor, b: Tensor, c: Optional[Tensor],
+              perm: Tensor, ck: Tensor, g_r: Tensor, g_u: Optional[Tensor], g_final: Optional[Tensor], chunk: int,
+              eps: float, unit: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of q, k, v (contiguous pairs), log_f, w, b, c (empty without c) and the initial state (pairs)."""
+    B, T, H, F, _ = q.shape
+    S = perm.shape[0]
+    q, k, v, ts = _qkv_layout(q, k, v)
+    ins = [q, k, v] + [None if x is None else _flat(x) for x in (log_f, w, b, c)]
+    grads = [q.new_empty(B, T, H, F, 2) for _ in range(3)] + [None if x is None else torch.empty_like(x)
+                                                              for x in ins[3:]]
+    gs0 = q.new_empty(B, H, S, F, 2)
+    bufs = [*ins, perm, ck, _flat(g_r), _flat(g_u), _flat(g_final), *grads, gs0]  # held until the kernel returns
+    _run_blocks(_kernel("hamt_scan_bwd", q), B * H, _lanes(q), T, S, F, chunk, H, ts, H * 2 * F, unit,
+                *map(_ptr, bufs), eps)
+    return (*grads[:6], grads[6] if c is not None else q.new_empty(0), gs0)
+
+
+@_scan_bwd.register_fake
+def _(q, k, v, log_f, w, b, c, perm, ck, g_r, g_u, g_final, chunk, eps, unit):
+    B, T, H, F, _ = q.shape
+    S = perm.shape[0]
+    return (*(q.new_empty(B, T, H, F, 2) for _ in range(3)), torch.empty_like(log_f), torch.empty_like(w),
+            torch.empty_like(b), torch.empty_like(c) if c is not None else q.new_empty(0), q.new_empty(B, H, S, F, 2))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, log_f, w, b, c, perm, state, chunk, eps, unit, _save = inputs
+    ctx.save_for_backward(q, k, v, log_f, w, b, c, perm, output[3])
+    ctx.meta = (chunk, eps, unit, state is not None)
+
+
+def _backward(ctx, g_r, g_u, g_final, _g_ck):
+    q, k, v, log_f, w, b, c, perm, ck = ctx.saved_tensors
+    chunk, eps, unit, has_state = ctx.meta
+    B, T, H, F, _ = q.shape
+    g_r = q.new_zeros(B, T, H, F, 2) if g_r is None else g_r
+    g_u = None if c is None else (q.new_zeros(B, T, H, F, 2) if g_u is None else g_u)
+    gq, gk, gv, glf, gw, gb, gc, gs0 = _scan_bwd(q, k, v, log_f, w, b, c, perm, ck, g_r, g_u, g_final, chunk, eps,
+                                                  unit)
+    return (gq, gk, gv, glf, gw, gb, gc if c is not None else None, None, gs0 if has_state else None,
+            None, None, None, None)
+
+
+_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -258,12 +300,17 @@ def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size:
     if complex_in:  # the kernel reads (re, im) pairs: views, no copies
         cd = q.dtype
         q, k, v = (torch.view_as_real(x.resolve_conj().to(cd)) for x in (q, k, v))
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, log_f, w, b, c, state)
-    ):
-        r, u, final = _FusedCPUScan.apply(q, k, v, log_f, w, b, c, state, perm, chunk, normalize)
-    else:
-        (r, u, final), _ = _fused_forward(q, k, v, log_f, w, b, c, state, perm, chunk, normalize, keep=False)
+    real = q.dtype  # the kernel's REAL; casts happen here, where autograd sees them
+    cplx = torch.complex64 if real == torch.float32 else torch.complex128
+    k, v, log_f, w, b = (x.to(real) for x in (k, v, log_f, w, b))
+    c = None if c is None else c.to(real)
+    st = None if state is None else torch.view_as_real(state.to(cplx).resolve_conj())
+    save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, log_f, w, b, c, st))
+    perm32 = perm.to(torch.int32).contiguous()
+    r, u, final, _ = _scan_fwd(q, k, v, log_f, w, b, c, perm32, st, chunk, float(normalize or 0.0),
+                               normalize is not None, save)
+    u = None if c is None else u
+    final = torch.view_as_complex(final)
     if complex_in:
         r, u = torch.view_as_complex(r), None if u is None else torch.view_as_complex(u)
     return r, u, final
