@@ -35,6 +35,7 @@ from typing import Optional
 
 import torch
 
+from hamt.ops.autograd import register_scan_autograd
 from hamt.ops.naive import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 Tensor = torch.Tensor
@@ -204,7 +205,12 @@ def _ckpt_shape(B: int, T: int, H: int, S: int, F: int, chunk: int, lanes: int) 
 # The kernel as two torch.library ops (forward, and the chunk-recomputing backward) joined by register_autograd,
 # as the Triton path is: torch.compile sees two opaque ops with fake implementations, not a ctypes call.
 # Inputs are real pairs; the state is (B, H, S, F, 2) pairs; absent tensors are None in and empty out.
-@torch.library.custom_op("hamt::memory_scan_cpu_fwd", mutates_args=())
+# The namespace is this module's name ("hamt_ops_fused_cpu"): a flat copy in a saved model folder (hamt.hub),
+# which has no C source and so no kernel, registers its own ops instead of replacing these in the same process.
+_OPS = __name__.replace(".", "_")
+
+
+@torch.library.custom_op(f"{_OPS}::memory_scan_cpu_fwd", mutates_args=())
 def _scan_fwd(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, w: Tensor, b: Tensor, c: Optional[Tensor],
               perm: Tensor, state: Optional[Tensor], chunk: int, eps: float, unit: bool,
               save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -233,7 +239,7 @@ def _(q, k, v, log_f, w, b, c, perm, state, chunk, eps, unit, save):
             q.new_empty(B, H, S, F, 2), q.new_empty(ck))
 
 
-@torch.library.custom_op("hamt::memory_scan_cpu_bwd", mutates_args=())
+@torch.library.custom_op(f"{_OPS}::memory_scan_cpu_bwd", mutates_args=())
 def _scan_bwd(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, w: Tensor, b: Tensor, c: Optional[Tensor],
               perm: Tensor, ck: Tensor, g_r: Tensor, g_u: Optional[Tensor], g_final: Optional[Tensor], chunk: int,
               eps: float, unit: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -259,25 +265,7 @@ def _(q, k, v, log_f, w, b, c, perm, ck, g_r, g_u, g_final, chunk, eps, unit):
             torch.empty_like(b), torch.empty_like(c) if c is not None else q.new_empty(0), q.new_empty(B, H, S, F, 2))
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, log_f, w, b, c, perm, state, chunk, eps, unit, _save = inputs
-    ctx.save_for_backward(q, k, v, log_f, w, b, c, perm, output[3])
-    ctx.meta = (chunk, eps, unit, state is not None)
-
-
-def _backward(ctx, g_r, g_u, g_final, _g_ck):
-    q, k, v, log_f, w, b, c, perm, ck = ctx.saved_tensors
-    chunk, eps, unit, has_state = ctx.meta
-    B, T, H, F, _ = q.shape
-    g_r = q.new_zeros(B, T, H, F, 2) if g_r is None else g_r
-    g_u = None if c is None else (q.new_zeros(B, T, H, F, 2) if g_u is None else g_u)
-    gq, gk, gv, glf, gw, gb, gc, gs0 = _scan_bwd(q, k, v, log_f, w, b, c, perm, ck, g_r, g_u, g_final, chunk, eps,
-                                                  unit)
-    return (gq, gk, gv, glf, gw, gb, gc if c is not None else None, None, gs0 if has_state else None,
-            None, None, None, None)
-
-
-_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_scan_autograd(_scan_fwd, _scan_bwd)
 
 
 def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = DEFAULT_CHUNK_SIZE,

@@ -60,6 +60,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from hamt.ops.autograd import register_scan_autograd
 from hamt.ops.naive import DEFAULT_CHUNK_SIZE, check_chunk_size
 
 Tensor = torch.Tensor
@@ -401,27 +402,7 @@ def _scan_bwd(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, w: Tensor, b: Tens
     return gq, gk, gv, glf, gw, gb, gc, gs0
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, log_f, w, b, c, perm, state, chunk, eps, unit, _save = inputs
-    ctx.save_for_backward(q, k, v, log_f, w, b, c, perm, output[3])
-    ctx.meta = (chunk, eps, unit, state is not None)
-
-
-def _backward(ctx, g_r, g_u, g_final, _g_ck):
-    q, k, v, log_f, w, b, c, perm, ck = ctx.saved_tensors
-    chunk, eps, unit, has_state = ctx.meta
-    B, T, H, F, _ = q.shape
-    S = perm.shape[0]
-    g_r = q.new_zeros(B, T, H, F, 2) if g_r is None else g_r.contiguous()
-    g_u = None if c is None else (q.new_zeros(B, T, H, F, 2) if g_u is None else g_u.contiguous())
-    g_final = q.new_zeros(B, H, S, F, 2) if g_final is None else g_final.contiguous()
-    gq, gk, gv, glf, gw, gb, gc, gs0 = _scan_bwd(q, k, v, log_f, w, b, c, perm, ck, g_r, g_u, g_final, chunk, eps,
-                                                  unit)
-    return (gq, gk, gv, glf, gw, gb, gc if c is not None else None, None, gs0 if has_state else None,
-            None, None, None, None)
-
-
-_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_scan_autograd(_scan_fwd, _scan_bwd)
 
 
 def memory_triton(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size: int = DEFAULT_CHUNK_SIZE,
