@@ -143,11 +143,16 @@ def _ptr(t: Tensor | None):
     return None if t is None else t.data_ptr()
 
 
-def _kernel(name: str, x: Tensor):
-    """The kernel's function ``name`` for ``x``'s precision (built on first use); RuntimeError if unavailable."""
+def _require_kernel() -> None:
+    """Build (or load) the kernel; a RuntimeError saying why when it is unavailable."""
     ok, why = cpu_kernel_status()
     if not ok:
         raise RuntimeError(f"the fused CPU memory kernel is unavailable ({why}); use mode='chunk'")
+
+
+def _kernel(name: str, x: Tensor):
+    """The kernel's function ``name`` for ``x``'s precision (built on first use); RuntimeError if unavailable."""
+    _require_kernel()
     return getattr(_cpu_kernel_lib, name + _sfx(x))
 
 
@@ -241,7 +246,7 @@ def _(q, k, v, log_f, w, b, c, perm, state, chunk, eps, unit, save):
 
 @torch.library.custom_op(f"{_OPS}::memory_scan_cpu_bwd", mutates_args=())
 def _scan_bwd(q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, w: Tensor, b: Tensor, c: Optional[Tensor],
-              perm: Tensor, ck: Tensor, g_r: Tensor, g_u: Optional[Tensor], g_final: Optional[Tensor], chunk: int,
+              perm: Tensor, ck: Tensor, g_r: Tensor, g_u: Optional[Tensor], g_final: Tensor, chunk: int,
               eps: float, unit: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of q, k, v (contiguous pairs), log_f, w, b, c (empty without c) and the initial state (pairs)."""
     B, T, H, F, _ = q.shape
@@ -278,9 +283,7 @@ def memory_fused_cpu(q, k, v, log_f, w, b, perm, state=None, c=None, chunk_size:
     saved for the backward, which recomputes a chunk's states from its saved start (a (chunk_size + 1, S, F)
     buffer of vectors, one lane per row of a block, per thread)."""
     chunk = check_chunk_size(chunk_size)
-    ok, why = cpu_kernel_status()
-    if not ok:
-        raise RuntimeError(f"the fused CPU memory kernel is unavailable ({why}); use mode='chunk'")
+    _require_kernel()
     if not cpu_kernel_available(q):
         raise ValueError(f"the fused CPU memory kernel needs complex64/complex128 CPU tensors (or float32/float64 "
                          f"(B, T, H, F, 2) pairs), got {q.dtype} {tuple(q.shape)} on {q.device}; use mode='chunk'")

@@ -45,13 +45,15 @@ static V *FN(valloc)(int64_t n) {
 
 /* Where each lane's row starts in a batch-major (B, T, H, ...) tensor: rows n = b * H + h of the block
    starting at n0. tok[l]: index of (b, 0, h) in units of tokens-and-heads (gates: (tok + t * H) * S);
-   qkv[l]: offset in reals of (b, 0, h) in q, k, v with token stride ts (add t * ts). */
-static void FN(row_offsets)(int64_t n0, int64_t nv, int64_t T, int64_t H, int64_t F, int64_t ts,
-                            int64_t *tok, int64_t *qkv) {
+   qkv[l]: offset in reals of (b, 0, h) in q, k, v with token stride ts (add t * ts); st[l] (unless NULL):
+   offset in reals of row n's S x F state pairs in a (B, H, S, F) state. */
+static void FN(row_offsets)(int64_t n0, int64_t nv, int64_t T, int64_t H, int64_t S, int64_t F, int64_t ts,
+                            int64_t *tok, int64_t *qkv, int64_t *st) {
     for (int64_t l = 0; l < nv; l++) {
         int64_t n = n0 + l;
         tok[l] = (n / H) * T * H + n % H;
         qkv[l] = (n / H) * T * ts + (n % H) * 2 * F;
+        if (st) st[l] = 2 * n * S * F;
     }
 }
 
@@ -232,16 +234,12 @@ int64_t FN(hamt_scan_fwd)(int64_t k0, int64_t k1, int64_t N, int64_t T, int64_t 
     if (!buf) return 1;
     V *M = buf, *R = M + 2 * SF, *U = R + 2 * F;
     FN(token) x = FN(token_at)(U + 2 * F, 0, S, F);
-    int64_t tok[LANES], qkv[LANES];
+    int64_t tok[LANES], qkv[LANES], st[LANES];
     for (int64_t blk = k0; blk < k1; blk++) {
         int64_t n0 = blk * LANES, nv = N - n0 < LANES ? N - n0 : LANES;
         memset(buf, 0, sizeof(V) * total);
-        FN(row_offsets)(n0, nv, T, H, F, ts, tok, qkv);
-        if (state0) {
-            int64_t st[LANES];
-            for (int64_t l = 0; l < nv; l++) st[l] = 2 * (n0 + l) * SF;
-            FN(load)(M, state0, st, 0, nv, 2 * SF);
-        }
+        FN(row_offsets)(n0, nv, T, H, S, F, ts, tok, qkv, st);
+        if (state0) FN(load)(M, state0, st, 0, nv, 2 * SF);
         for (int64_t t = 0; t < T; t++) {
             if (ckpt && t % C == 0) memcpy(ckpt + (blk * nck + t / C) * 2 * SF * LANES, M, sizeof(V) * 2 * SF);
             FN(load_token)(&x, q, k, v, lf, w, b, c, tok, qkv, t, t + 1, T, nv, H, S, F, ts, unit, eps);
@@ -255,8 +253,6 @@ int64_t FN(hamt_scan_fwd)(int64_t k0, int64_t k1, int64_t N, int64_t T, int64_t 
             }
             FN(store)(r, R, ro, 0, nv, 2 * F);
         }
-        int64_t st[LANES];
-        for (int64_t l = 0; l < nv; l++) st[l] = 2 * (n0 + l) * SF;
         FN(store)(state1, M, st, 0, nv, 2 * SF);
     }
     free(buf);
@@ -342,14 +338,12 @@ int64_t FN(hamt_scan_bwd)(int64_t k0, int64_t k1, int64_t N, int64_t T, int64_t 
     V *toks = Ms + 2 * (C + 1) * SF;    /* its C tokens' inputs (token_at) */
     V *dM = toks + C * FN(token_size)(S, F), *dQ = dM + 2 * SF, *dK = dQ + 2 * F, *dV = dK + 2 * F;
     V *E = dV + 2 * F, *Hu = E + 2 * F, *gbv = Hu + 2 * F, *gcv = gbv + S, *gwv = gcv + S;
-    int64_t tok[LANES], qin[LANES], qout[LANES];
+    int64_t tok[LANES], qin[LANES], qout[LANES], st[LANES];
     for (int64_t blk = k0; blk < k1; blk++) {
         int64_t n0 = blk * LANES, nv = N - n0 < LANES ? N - n0 : LANES;
         memset(buf, 0, sizeof(V) * total);
-        FN(row_offsets)(n0, nv, T, H, F, ts_in, tok, qin);
-        FN(row_offsets)(n0, nv, T, H, F, ts_out, tok, qout);
-        int64_t st[LANES];
-        for (int64_t l = 0; l < nv; l++) st[l] = 2 * (n0 + l) * SF;
+        FN(row_offsets)(n0, nv, T, H, S, F, ts_in, tok, qin, st);
+        FN(row_offsets)(n0, nv, T, H, S, F, ts_out, tok, qout, NULL);
         if (gstate1) FN(load)(dM, gstate1, st, 0, nv, 2 * SF);
         for (int64_t ci = nck - 1; ci >= 0; ci--) {
             int64_t ta = ci * C, tb = ta + C < T ? ta + C : T;
